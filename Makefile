@@ -1,0 +1,26 @@
+# Set-up and entry points. `make run` and `make test` are the README's Quick start.
+PY := .venv/bin/python
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.h)
+
+.PHONY: setup run test bench gpu-check
+setup: .venv/.built
+
+.venv/.built: $(SOURCES)
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q torch==2.14.1 numpy pybind11 ninja pillow pytest pytest-benchmark nvidia-ml-py
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+run: setup
+	$(PY) -m t2i_fast.info
+
+test: setup
+	$(PY) -m pytest tests -q
+
+bench: setup
+	$(PY) -m pytest benchmarks/ --benchmark-only -q
+
+# On a GPU machine (torch preinstalled there): build, full-size GPU tests, benchmarks -> $OUT
+gpu-check:
+	bash benchmarks/gpu_check.sh
