@@ -136,7 +136,6 @@ def unavailable(backend, op, device_type, dtype):
 _warned = set()
 
 
-@torch.compiler.assume_constant_result  # torch.compile evaluates the choice once, at trace time
 def select(op, device, dtype, impl=None):
     """The backend that runs `op` for tensors on `device` of `dtype`."""
     name = requested(impl)
@@ -159,6 +158,12 @@ def select(op, device, dtype, impl=None):
                               f"({order[0]} unavailable: {skipped})", stacklevel=3)
             return candidate
     raise BackendUnavailable(f"{op}: no backend runs on {device_type} {dtype} tensors")
+
+
+# torch.compile evaluates the choice once, at trace time, and keeps the result as a constant.
+# This is what torch.compiler.assume_constant_result does; that function imports torch._dynamo
+# (and with it Triton), which `import t2i_fast` must not, so the mark is set directly.
+select._dynamo_marked_constant = True
 
 
 def kernel(backend, name):
