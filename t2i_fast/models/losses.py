@@ -1,0 +1,143 @@
+"""GAN, KL and matching losses of DM-GAN / AttnGAN (reference §1.7) and GR-GAN (§3.3, §3.4).
+
+The heads return logits and the adversarial terms use BCE with logits; upstream applies a
+sigmoid and BCELoss, which agrees except where BCELoss clamps log at -100 (saturation). The
+matching terms call `t2i_fast.ops.damsm_word_loss` / `damsm_sentence_loss`.
+
+Which head each D uses ('uncond', 'cond' or 'both'), which condition it gets ('sentence' or
+'word_mean') and the matching terms (image index, 'sentence' | 'word', weight) come from the
+Config; the presets hold the upstream choices:
+    DM-GAN / AttnGAN: every D 'both' with the sentence; LAMBDA * (words + sentence) on the last
+        image through the DAMSM image encoder.
+    GR-GAN: D1 'uncond', D2 'cond' on the sentence, D3 'cond' on the mean word feature;
+        1 * sentence on image 2, 1 * words and 4 * sentence on image 3, through the ITM.
+"""
+import torch
+import torch.nn.functional as F
+
+from t2i_fast import ops
+
+
+def KL_loss(mu, logvar):  # noqa: N802 (upstream name)
+    """-1/2 mean(1 + logvar - mu^2 - exp(logvar)): a mean over all elements, as upstream."""
+    return -0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
+
+
+def _bce(logits, real):
+    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+def d_condition(kind, sent_emb, words, mask, mask_compat=False):
+    """The condition (B, D) of a conditional head.
+
+    'word_mean': GR-GAN's D3 condition, the mean of the word slots (B, D, T). Upstream averages
+    every slot, padding included (mask_compat=True); by default padded slots are left out.
+    """
+    if kind == "sentence":
+        return sent_emb
+    if mask is None or mask_compat:
+        return words.mean(dim=2)
+    keep = (~mask).to(words.dtype)[:, None, :]
+    return (words * keep).sum(dim=2) / keep.sum(dim=2).clamp(min=1)
+
+
+def discriminator_loss(netD, real_imgs, fake_imgs, cond, heads="both"):
+    """One D's loss (reference §1.7). fake_imgs are detached here.
+
+    heads 'both': 1/2 [U(x), C(x,s) real] + 1/3 [U(x^), C(x^,s), C(x_{:-1}, s_{1:})] fake;
+    'cond': C real + 1/2 (C fake + C mismatched); 'uncond': 1/2 (U real + U fake).
+    Returns (loss, parts dict of floats-as-tensors).
+    """
+    real_feat = netD(real_imgs)
+    fake_feat = netD(fake_imgs.detach())
+    parts = {}
+    if heads in ("uncond", "both"):
+        parts["uncond_real"] = _bce(netD.UNCOND_DNET.logits(real_feat), True)
+        parts["uncond_fake"] = _bce(netD.UNCOND_DNET.logits(fake_feat), False)
+    if heads in ("cond", "both"):
+        parts["cond_real"] = _bce(netD.COND_DNET.logits(real_feat, cond), True)
+        parts["cond_fake"] = _bce(netD.COND_DNET.logits(fake_feat, cond), False)
+        if real_feat.shape[0] > 1:   # real image i paired with caption i + 1
+            parts["cond_wrong"] = _bce(netD.COND_DNET.logits(real_feat[:-1], cond[1:]), False)
+        else:
+            parts["cond_wrong"] = torch.zeros_like(parts["cond_fake"])
+    if heads == "both":
+        loss = (parts["uncond_real"] + parts["cond_real"]) / 2 + \
+            (parts["uncond_fake"] + parts["cond_fake"] + parts["cond_wrong"]) / 3
+    elif heads == "cond":
+        loss = parts["cond_real"] + (parts["cond_fake"] + parts["cond_wrong"]) / 2
+    elif heads == "uncond":
+        loss = (parts["uncond_real"] + parts["uncond_fake"]) / 2
+    else:
+        raise ValueError(f"discriminator_loss: heads must be 'uncond', 'cond' or 'both', "
+                         f"got {heads!r}")
+    return loss, parts
+
+
+def generator_adversarial(netD, fake_imgs, cond, heads="both"):
+    """-log D(x^) for the heads in use (real labels on the fakes)."""
+    feat = netD(fake_imgs)
+    loss = fake_imgs.new_zeros(())
+    if heads in ("uncond", "both"):
+        loss = loss + _bce(netD.UNCOND_DNET.logits(feat), True)
+    if heads in ("cond", "both"):
+        loss = loss + _bce(netD.COND_DNET.logits(feat, cond), True)
+    return loss
+
+
+def matching_terms(regions, code, words, sent_emb, cap_lens, kind, class_ids=None, *,
+                   gamma1=4.0, gamma2=5.0, gamma3=10.0, impl=None):
+    """(image->text, text->image) DAMSM/ITM losses of one kind ('word' or 'sentence').
+
+    regions (B, D, h, w) and code (B, D) from the image encoder; words (B, D, T),
+    sent_emb (B, D), cap_lens (B,) in 1..T from the text encoder.
+    """
+    if kind == "word":
+        return ops.damsm_word_loss(regions, words, cap_lens, class_ids, gamma1=gamma1,
+                                   gamma2=gamma2, gamma3=gamma3, impl=impl)
+    if kind == "sentence":
+        return ops.damsm_sentence_loss(code, sent_emb, class_ids, gamma3=gamma3)
+    raise ValueError(f"matching_terms: kind must be 'word' or 'sentence', got {kind!r}")
+
+
+def matching_loss(image_encoder, images, words, sent_emb, cap_lens, class_ids=None, *,
+                  gamma1=4.0, gamma2=5.0, gamma3=10.0, impl=None):
+    """w0 + w1 + s0 + s1: the DAMSM / ITM pretraining loss. Returns (loss, parts)."""
+    regions, code = image_encoder.encode_image(images)
+    w0, w1 = matching_terms(regions, code, words, sent_emb, cap_lens, "word", class_ids,
+                            gamma1=gamma1, gamma2=gamma2, gamma3=gamma3, impl=impl)
+    s0, s1 = matching_terms(regions, code, words, sent_emb, cap_lens, "sentence", class_ids,
+                            gamma3=gamma3)
+    return w0 + w1 + s0 + s1, {"w_loss0": w0, "w_loss1": w1, "s_loss0": s0, "s_loss1": s1}
+
+
+def generator_loss(cfg, netsD, image_encoder, fake_imgs, sent_emb, words, mask, cap_lens, mu,
+                   logvar, class_ids=None):
+    """The full G loss for `cfg`: adversarial terms of every D, the weighted matching terms,
+    and KL. fake_imgs: G's images (one per D); words (B, D, T), mask (B, T) and cap_lens (B,)
+    as fed to G; image_encoder: an ITM or a CNN_ENCODER (frozen by the caller as needed).
+    Returns (loss, parts)."""
+    if len(netsD) != len(fake_imgs):
+        raise ValueError(f"generator_loss: {len(netsD)} discriminators for {len(fake_imgs)} "
+                         f"images")
+    parts = {}
+    total = fake_imgs[-1].new_zeros(())
+    for i, (netD, fake) in enumerate(zip(netsD, fake_imgs)):
+        cond = d_condition(cfg.d_conditions[i], sent_emb, words, mask, cfg.mask_compat)
+        parts[f"g_adv{i}"] = generator_adversarial(netD, fake, cond, cfg.d_heads[i])
+        total = total + parts[f"g_adv{i}"]
+    encoded = {}
+    for term in cfg.matching:
+        index = term.image % len(fake_imgs)
+        if index not in encoded:       # one encoder pass per image, shared by its terms
+            encoded[index] = image_encoder.encode_image(fake_imgs[index])
+        regions, code = encoded[index]
+        l0, l1 = matching_terms(regions, code, words, sent_emb, cap_lens, term.kind, class_ids,
+                                gamma1=cfg.gamma1, gamma2=cfg.gamma2, gamma3=cfg.gamma3,
+                                impl=cfg.impl)
+        parts[f"{term.kind[0]}_loss{index}"] = l0 + l1
+        total = total + term.weight * (l0 + l1)
+    parts["kl"] = KL_loss(mu, logvar)
+    total = total + cfg.kl_weight * parts["kl"]
+    return total, parts
