@@ -50,8 +50,9 @@ def extension():
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")  # torch's detection fails without a GPU
     # The toolkit may lack the cuBLAS/cuSPARSE headers that ATen's CUDA headers include; torch's
     # own nvidia wheels ship them.
-    extra = [f"-isystem{p}" for s in site.getsitepackages()
-             for p in glob.glob(os.path.join(s, "nvidia", "cu*", "include"))]
+    extra = [arg for s in site.getsitepackages()
+             for p in glob.glob(os.path.join(s, "nvidia", "cu[0-9]*", "include"))
+             for arg in ("-isystem", p)]
     sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
     return cpp_extension.CUDAExtension(
         "t2i_fast._C", sources, define_macros=[("T2I_FAST_WITH_CUDA", None)],
