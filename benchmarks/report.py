@@ -11,10 +11,30 @@ from collections import defaultdict
 
 
 def rows(bench):
+    """(extra_info, ms) of the op benchmarks (those that name an op)."""
     for b in bench["benchmarks"]:
         info = b["extra_info"]
-        ms = info.get("device_ms", b["stats"]["median"] * 1e3)
-        yield info, ms
+        if "op" in info:
+            yield info, info.get("device_ms", b["stats"]["median"] * 1e3)
+
+
+MODEL_FIGURES = ("provider", "max_word_iterations", "saved_bytes_ratio",
+                 "eager_bytes_per_iteration", "lean_fused_bytes_per_iteration", "device_ms",
+                 "peak_extra_mib", "saved_for_backward_bytes")
+
+
+def model_lines(bench):
+    """One line per benchmark without an op (the model benchmarks): its key figures."""
+    lines = []
+    for b in bench["benchmarks"]:
+        info = b["extra_info"]
+        if "op" in info:
+            continue
+        figures = {k: info[k] for k in MODEL_FIGURES if k in info}
+        figures.setdefault("median_ms", round(b["stats"]["median"] * 1e3, 3))
+        lines.append(f"- `{b['name']}`: " + ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()))
+    return lines
 
 
 def render(bench, floors=None):
@@ -41,6 +61,9 @@ def render(bench, floors=None):
                      f"{info['peak_extra_mib']:.1f}" if "peak_extra_mib" in info else "",
                      f"{saved / 2**20:.1f}" if saved is not None else ""]
             lines.append("| " + " | ".join(cells) + " |")
+    models = model_lines(bench)
+    if models:
+        lines += ["", "Model benchmarks:", ""] + models
     return "\n".join(lines) + "\n"
 
 
