@@ -193,4 +193,71 @@ inline DynamicMemoryParams dynamic_memory_backward_params(
   return p;
 }
 
+// The inputs of one call made contiguous (undefined when absent). They own the memory the
+// bound DynamicMemoryParams point into, so they must outlive the kernel launch.
+struct DynamicMemoryInputs {
+  at::Tensor h, o, key, value, mask, gate_weight, gate_bias;
+  at::Tensor grad_out, grad_attn, grad_gate, lse;  // backward only
+};
+
+namespace detail {
+
+inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
+  return given(t) ? t->contiguous() : at::Tensor();
+}
+
+inline const void* ptr(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr() : nullptr;
+}
+
+}  // namespace detail
+
+// Makes the forward inputs contiguous and points p's input pointers at them.
+inline DynamicMemoryInputs bind_forward_inputs(
+    DynamicMemoryParams& p, const at::Tensor& h, const std::optional<at::Tensor>& o,
+    const std::optional<at::Tensor>& key, const std::optional<at::Tensor>& value,
+    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& gate_weight,
+    const std::optional<at::Tensor>& gate_bias) {
+  using detail::contiguous_or_undefined;
+  using detail::ptr;
+  DynamicMemoryInputs in;
+  in.h = h.contiguous();
+  in.o = contiguous_or_undefined(o);
+  in.key = contiguous_or_undefined(key);
+  in.value = contiguous_or_undefined(value);
+  in.mask = contiguous_or_undefined(mask);
+  in.gate_weight = contiguous_or_undefined(gate_weight);
+  in.gate_bias = contiguous_or_undefined(gate_bias);
+  p.h = ptr(in.h);
+  p.o = ptr(in.o);
+  p.key = ptr(in.key);
+  p.value = ptr(in.value);
+  p.mask = in.mask.defined() ? in.mask.const_data_ptr<bool>() : nullptr;
+  p.gate_weight = ptr(in.gate_weight);
+  p.gate_bias = ptr(in.gate_bias);
+  return in;
+}
+
+// The same for backward: the forward inputs plus the incoming gradients and lse.
+inline DynamicMemoryInputs bind_backward_inputs(
+    DynamicMemoryParams& p, const at::Tensor& grad_out,
+    const std::optional<at::Tensor>& grad_attn, const std::optional<at::Tensor>& grad_gate,
+    const at::Tensor& h, const std::optional<at::Tensor>& o,
+    const std::optional<at::Tensor>& key, const std::optional<at::Tensor>& value,
+    const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& gate_weight,
+    const std::optional<at::Tensor>& gate_bias, const at::Tensor& lse) {
+  using detail::ptr;
+  DynamicMemoryInputs in =
+      bind_forward_inputs(p, h, o, key, value, mask, gate_weight, gate_bias);
+  in.grad_out = grad_out.contiguous();
+  in.grad_attn = p.has_grad_attn ? grad_attn->contiguous() : at::Tensor();
+  in.grad_gate = p.has_grad_gate ? grad_gate->contiguous() : at::Tensor();
+  in.lse = p.has_attn ? lse.contiguous() : at::Tensor();
+  p.grad_out = ptr(in.grad_out);
+  p.grad_attn = ptr(in.grad_attn);
+  p.grad_gate = ptr(in.grad_gate);
+  p.lse = in.lse.defined() ? in.lse.const_data_ptr<float>() : nullptr;
+  return in;
+}
+
 }  // namespace t2i_fast

@@ -861,12 +861,6 @@ void with_variant(const DynamicMemoryParams& p, const F& f) {
   else f(std::false_type{}, std::false_type{});
 }
 
-at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
-  return detail::given(t) ? t->contiguous() : at::Tensor();
-}
-
-const void* ptr(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dynamic_memory_forward_cpu(
     const at::Tensor& h_in, const std::optional<at::Tensor>& o_in,
     const std::optional<at::Tensor>& key_in, const std::optional<at::Tensor>& value_in,
@@ -876,25 +870,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dynamic_memory_forwar
   DynamicMemoryParams p = dynamic_memory_forward_params(
       h_in, o_in, key_in, value_in, mask_in, gate_weight_in, gate_bias_in, scale, mask_compat,
       return_attn, return_gate);
-  const at::Tensor h = h_in.contiguous(), o = contiguous_or_undefined(o_in),
-                   key = contiguous_or_undefined(key_in),
-                   value = contiguous_or_undefined(value_in),
-                   mask = contiguous_or_undefined(mask_in),
-                   gate_weight = contiguous_or_undefined(gate_weight_in),
-                   gate_bias = contiguous_or_undefined(gate_bias_in);
+  const DynamicMemoryInputs in = bind_forward_inputs(p, h_in, o_in, key_in, value_in, mask_in,
+                                                     gate_weight_in, gate_bias_in);
+  const at::Tensor& h = in.h;
   const auto opts = h.options();
   at::Tensor out = at::empty({p.B, p.Cout, p.H, p.W}, opts);
   at::Tensor lse = p.has_attn ? at::empty({p.B, p.N}, opts.dtype(at::kFloat))
                               : at::empty({0}, opts.dtype(at::kFloat));
   at::Tensor attn = p.return_attn ? at::empty({p.B, p.T, p.H, p.W}, opts) : at::empty({0}, opts);
   at::Tensor gate = p.return_gate ? at::empty({p.B, 1, p.H, p.W}, opts) : at::empty({0}, opts);
-  p.h = ptr(h);
-  p.o = ptr(o);
-  p.key = ptr(key);
-  p.value = ptr(value);
-  p.mask = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
-  p.gate_weight = ptr(gate_weight);
-  p.gate_bias = ptr(gate_bias);
   p.out = out.data_ptr();
   p.lse_out = p.has_attn ? lse.data_ptr<float>() : nullptr;
   p.attn = p.return_attn ? attn.data_ptr() : nullptr;
@@ -922,32 +906,17 @@ dynamic_memory_backward_cpu(const at::Tensor& grad_out_in,
   DynamicMemoryParams p = dynamic_memory_backward_params(
       grad_out_in, grad_attn_in, grad_gate_in, h_in, o_in, key_in, value_in, mask_in,
       gate_weight_in, gate_bias_in, lse_in, scale, mask_compat);
-  const at::Tensor grad_out = grad_out_in.contiguous(), h = h_in.contiguous(),
-                   grad_attn = p.has_grad_attn ? grad_attn_in->contiguous() : at::Tensor(),
-                   grad_gate = p.has_grad_gate ? grad_gate_in->contiguous() : at::Tensor(),
-                   o = contiguous_or_undefined(o_in), key = contiguous_or_undefined(key_in),
-                   value = contiguous_or_undefined(value_in),
-                   mask = contiguous_or_undefined(mask_in),
-                   gate_weight = contiguous_or_undefined(gate_weight_in),
-                   gate_bias = contiguous_or_undefined(gate_bias_in),
-                   lse = p.has_attn ? lse_in.contiguous() : at::Tensor();
+  const DynamicMemoryInputs in = bind_backward_inputs(
+      p, grad_out_in, grad_attn_in, grad_gate_in, h_in, o_in, key_in, value_in, mask_in,
+      gate_weight_in, gate_bias_in, lse_in);
+  const at::Tensor &h = in.h, &o = in.o, &key = in.key, &value = in.value,
+                   &gate_weight = in.gate_weight, &gate_bias = in.gate_bias;
   const auto opts = h.options();
   const auto like = [&](const at::Tensor& t) {
     return t.defined() ? at::empty(t.sizes(), opts) : at::empty({0}, opts);
   };
   at::Tensor dh = like(h), d_o = like(o), dkey = like(key), dvalue = like(value),
              dgate_weight = like(gate_weight), dgate_bias = like(gate_bias);
-  p.grad_out = ptr(grad_out);
-  p.grad_attn = ptr(grad_attn);
-  p.grad_gate = ptr(grad_gate);
-  p.h = ptr(h);
-  p.o = ptr(o);
-  p.key = ptr(key);
-  p.value = ptr(value);
-  p.mask = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
-  p.gate_weight = ptr(gate_weight);
-  p.gate_bias = ptr(gate_bias);
-  p.lse = lse.defined() ? lse.const_data_ptr<float>() : nullptr;
   p.dh = dh.data_ptr();
   p.d_o = o.defined() ? d_o.data_ptr() : nullptr;
   p.dkey = key.defined() ? dkey.data_ptr() : nullptr;

@@ -47,12 +47,6 @@ void check_cuda(const DynamicMemoryParams& p, const Tensor& h) {
   TORCH_CHECK(p.B <= 65535, "dynamic_memory (cuda): batch ", p.B, " exceeds 65535");
 }
 
-Tensor contiguous_or_undefined(const optional<Tensor>& t) {
-  return detail::given(t) ? t->contiguous() : Tensor();
-}
-
-const void* ptr(const Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
-
 // Blocks per image: enough for `waves` blocks per SM over the whole batch, at most one per tile.
 int blocks_per_image(const DynamicMemoryParams& p, int64_t pixels_per_block, int64_t waves) {
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
@@ -78,11 +72,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward(
                                     gate_bias_in, scale, mask_compat, return_attn, return_gate);
   check_cuda(p, h_in);
   const c10::cuda::CUDAGuard guard(h_in.device());
-  const Tensor h = h_in.contiguous(), o = contiguous_or_undefined(o_in),
-               key = contiguous_or_undefined(key_in), value = contiguous_or_undefined(value_in),
-               mask = contiguous_or_undefined(mask_in),
-               gate_weight = contiguous_or_undefined(gate_weight_in),
-               gate_bias = contiguous_or_undefined(gate_bias_in);
+  const DynamicMemoryInputs in = bind_forward_inputs(p, h_in, o_in, key_in, value_in, mask_in,
+                                                     gate_weight_in, gate_bias_in);
+  const Tensor &h = in.h, &o = in.o;
   const auto opts = h.options();
   Tensor lse = p.has_attn ? at::empty({p.B, p.N}, opts.dtype(at::kFloat))
                           : at::empty({0}, opts.dtype(at::kFloat));
@@ -93,13 +85,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward(
   Tensor out = at::empty({p.B, p.Cout, p.H, p.W}, opts);
   Tensor gate = p.return_gate ? at::empty({p.B, 1, p.H, p.W}, opts) : at::empty({0}, opts);
   if (p.N == 0 || p.B == 0) return {out, lse, attn, gate};
-  p.h = ptr(h);
-  p.o = ptr(o);
-  p.key = ptr(key);
-  p.value = ptr(value);
-  p.mask = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
-  p.gate_weight = ptr(gate_weight);
-  p.gate_bias = ptr(gate_bias);
   p.out = out.data_ptr();
   p.lse_out = p.has_attn ? lse.data_ptr<float>() : nullptr;
   p.attn = p.return_attn ? attn.data_ptr() : nullptr;
@@ -123,15 +108,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward(
       gate_weight_in, gate_bias_in, lse_in, scale, mask_compat);
   check_cuda(p, h_in);
   const c10::cuda::CUDAGuard guard(h_in.device());
-  const Tensor grad_out = grad_out_in.contiguous(), h = h_in.contiguous(),
-               grad_attn = p.has_grad_attn ? grad_attn_in->contiguous() : Tensor(),
-               grad_gate = p.has_grad_gate ? grad_gate_in->contiguous() : Tensor(),
-               o = contiguous_or_undefined(o_in), key = contiguous_or_undefined(key_in),
-               value = contiguous_or_undefined(value_in),
-               mask = contiguous_or_undefined(mask_in),
-               gate_weight = contiguous_or_undefined(gate_weight_in),
-               gate_bias = contiguous_or_undefined(gate_bias_in),
-               lse = p.has_attn ? lse_in.contiguous() : Tensor();
+  const DynamicMemoryInputs in = bind_backward_inputs(
+      p, grad_out_in, grad_attn_in, grad_gate_in, h_in, o_in, key_in, value_in, mask_in,
+      gate_weight_in, gate_bias_in, lse_in);
+  const Tensor &grad_out = in.grad_out, &h = in.h, &o = in.o;
   const auto opts = h.options();
   const auto empty = at::empty({0}, opts);
   if (!p.has_attn && !p.has_gate) {  // out = o
@@ -144,17 +124,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward(
   const int64_t per_block = dynamic_memory_partial_floats(p.has_attn, p.has_gate, p.C, p.Cv, tm);
   Tensor partials = at::empty({p.B, blocks, per_block}, opts.dtype(at::kFloat));
   if (p.N == 0 || p.B == 0) partials.zero_();
-  p.grad_out = ptr(grad_out);
-  p.grad_attn = ptr(grad_attn);
-  p.grad_gate = ptr(grad_gate);
-  p.h = ptr(h);
-  p.o = ptr(o);
-  p.key = ptr(key);
-  p.value = ptr(value);
-  p.mask = mask.defined() ? mask.const_data_ptr<bool>() : nullptr;
-  p.gate_weight = ptr(gate_weight);
-  p.gate_bias = ptr(gate_bias);
-  p.lse = lse.defined() ? lse.const_data_ptr<float>() : nullptr;
   p.dh = dh.data_ptr();
   p.d_o = o.defined() ? d_o.data_ptr() : nullptr;
   if (p.N > 0 && p.B > 0) {
