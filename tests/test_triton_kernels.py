@@ -6,27 +6,20 @@ the Triton interpreter on CPU tensors, so the shapes are tiny (a handful of prog
 per launch). Outputs and scratch buffers come out of a NaN-filled allocator: an element a
 kernel forgot to write fails the test.
 """
-import os
+import importlib
+import math
 
+import pytest
 import torch
 
-if not torch.cuda.is_available():  # must precede the first @triton.jit
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import importlib  # noqa: E402
-import math  # noqa: E402
-import sys  # noqa: E402
-
-import pytest  # noqa: E402
+from conftest import TOL, padding_mask, rel_err, tolerance
 
 pytest.importorskip("triton")
 
-try:
-    from t2i_fast.kernels import dynamic_memory as kdm, word_region as kwr  # noqa: E402
-except ImportError:  # not installed: the source tree's kernels/ package
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from kernels import dynamic_memory as kdm, word_region as kwr  # noqa: E402
+# conftest.py has set TRITON_INTERPRET=1 on machines without CUDA, before this import.
+from t2i_fast.kernels import dynamic_memory as kdm, word_region as kwr  # noqa: E402
 
+# The ops package exports functions named like these modules: import the modules themselves.
 ref_dm = importlib.import_module("t2i_fast.ops.dynamic_memory")
 ref_wr = importlib.import_module("t2i_fast.ops.word_region")
 _math = importlib.import_module("t2i_fast.ops._math")
@@ -35,10 +28,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # The interpreter computes bf16 dots wrongly; a GPU has no fp64 path.
 DTYPES = (torch.float32, torch.float16, torch.bfloat16) if DEVICE == "cuda" else \
     (torch.float32, torch.float16, torch.float64)
-# Relative error ||kernel - ref|| / ||ref|| against float64 autograd on the same (rounded)
-# inputs may reach max(TOL, 2 x the error of the same reference math run by PyTorch in the
-# kernel's dtype): sums over many pixels cancel, and then eager fp32 is no closer either.
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
 
 @pytest.fixture(autouse=True)
@@ -58,11 +47,6 @@ def poisoned_allocations(monkeypatch):
     monkeypatch.setattr(torch, "empty_like", nan_empty_like)
 
 
-def rel_err(actual, expected):
-    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
-    return float((actual - expected).norm() / expected.norm().clamp_min(1e-30))
-
-
 def check(actual, expected, dtype, what, native=None, scale=None):
     """`actual` (the kernel's) against `expected` (float64); `native`: PyTorch in dtype.
 
@@ -73,9 +57,7 @@ def check(actual, expected, dtype, what, native=None, scale=None):
                                            f"{tuple(expected.shape)}"
     assert actual.dtype == dtype, f"{what}: dtype {actual.dtype} != {dtype}"
     assert torch.isfinite(actual).all(), f"{what}: non-finite values"
-    bound = TOL[dtype]
-    if native is not None and dtype != torch.float64:
-        bound = max(bound, 2 * rel_err(native, expected))
+    bound = tolerance(dtype, expected, native) if native is not None else TOL[dtype]
     if scale is not None and float(expected.norm()) == 0.0:
         err = float(actual.detach().double().norm()) / scale
     else:
@@ -91,11 +73,6 @@ def check_all(actual, expected, native, dtype):
 
 def rand(gen, *shape, scale=1.0, dtype=torch.float32):
     return (scale * torch.randn(*shape, generator=gen, dtype=torch.float64)).to(DEVICE, dtype)
-
-
-def lengths_mask(lengths, slots):
-    lens = torch.as_tensor(lengths, device=DEVICE)
-    return torch.arange(slots, device=DEVICE)[None, :] >= lens[:, None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -137,7 +114,7 @@ def dm_inputs(op, case, dtype, seed=0, layout="contiguous"):
         args["key"] = key.transpose(1, 2) if layout != "contiguous" else \
             key.transpose(1, 2).contiguous()
         args["value"] = rand(gen, batch, v_channels, slots, dtype=dtype)
-        args["mask"] = lengths_mask(lengths, slots)
+        args["mask"] = padding_mask(lengths, slots, DEVICE)
     if op != "memory_read":
         args["gate_weight"] = rand(gen, 2 * channels, scale=0.2, dtype=dtype)
         args["gate_bias"] = rand(gen, 1, dtype=dtype)
@@ -385,7 +362,7 @@ def check_attention(case, dtype, word_mask, with_grad_attn=True, strided=False):
 @pytest.mark.parametrize("case", list(WR_CASES.values()), ids=list(WR_CASES))
 def test_word_region_attention(case, dtype):
     slots = case[5]
-    mask = lengths_mask((slots, max(1, slots // 2)), slots)[:case[0]]
+    mask = padding_mask((slots, max(1, slots // 2)), slots, DEVICE)[:case[0]]
     check_attention(case, dtype, mask)
 
 
@@ -395,7 +372,7 @@ def test_word_region_attention_no_mask_strided(with_grad_attn):
 
 
 def test_word_region_attention_fully_padded_caption():
-    mask = lengths_mask((0, 4), 7)
+    mask = padding_mask((0, 4), 7, DEVICE)
     check_attention((2, 2, 32, 3, 5, 7, (7, 7)), torch.float32, mask)
 
 

@@ -56,7 +56,7 @@ def lengths(op, name, lens, batch, slots, device):
     if lens.device != device:
         raise ValueError(f"{op}: {name} is on {lens.device} but the features are on {device}")
     if not torch.compiler.is_compiling():  # a value check needs the data; skip it when tracing
-        lo, hi = int(lens.min()), int(lens.max())
+        lo, hi = torch.stack(lens.aminmax()).tolist()  # one device sync, not two
         if lo < 1 or hi > slots:
             raise ValueError(f"{op}: {name} must lie in 1..T = 1..{slots} (a caption with no "
                              f"words cannot be matched), got values in {lo}..{hi}")
