@@ -1,0 +1,176 @@
+"""python -m t2i_fast.train: run directory, exact resume, atomic checkpoints, the CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from t2i_fast.train import Run, train_config
+from t2i_fast.train.__main__ import main as train_main
+from t2i_fast.fileio import atomic_write
+from t2i_fast.train.checkpoint import (CheckpointError, checkpoint_path,
+                                       list_checkpoints, load_checkpoint)
+from t2i_fast.train.data import CaptionCodec, EpochBatches
+from t2i_fast.models import get_config
+from t2i_fast.data.vocab import Vocabulary
+
+
+def tiny(tmp_path, name="run", **overrides):
+    values = dict(itm_steps=3, steps=6, ckpt_every=2, sample_every=3, log_every=2,
+                  dataset_size=32, batch_size=4, num_samples=4, keep_checkpoints=5, threads=1)
+    values.update(overrides)
+    cfg = train_config("tiny", **values, out=str(tmp_path / name))
+    return cfg, tmp_path / name
+
+
+def test_run_directory_contents(tmp_path):
+    cfg, out = tiny(tmp_path)
+    Run(cfg, out, quiet=True).train()
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["train"]["steps"] == 6 and stored["model"]["name"] == "tiny"
+    assert stored["vocab"][:3] == ["a", "there", "is"]
+    assert [s for s, _ in list_checkpoints(out)] == [2, 4, 6]
+    assert sorted(p.name for p in (out / "samples").iterdir()) == \
+        ["step_0000003.png", "step_0000006.png"]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    gan = [r for r in lines if r["phase"] == "gan"]
+    assert [r["step"] for r in gan] == [2, 4, 6]
+    assert all(torch.isfinite(torch.tensor(r["g_loss"])) for r in gan)
+    assert {"d_loss0", "d_loss1", "d_loss2", "kl", "it_s"} <= set(gan[0])
+    state = load_checkpoint(checkpoint_path(out, 6))
+    assert state["step"] == 6 and len(state["rng"]) == 1
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _states_equal(a, b):
+    for key in ("generator", "ema", "discriminators", "opt_g", "opt_d"):
+        flat_a, flat_b = _tensors(a[key]), _tensors(b[key])
+        assert len(flat_a) == len(flat_b) > 0, key
+        for x, y in zip(flat_a, flat_b):
+            assert torch.equal(x, y), key
+
+
+def _tensors(obj):
+    if torch.is_tensor(obj):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for k in sorted(obj, key=str) for t in _tensors(obj[k])]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    cfg, straight = tiny(tmp_path, "straight")
+    Run(cfg, straight, quiet=True).train()
+
+    cfg_b, broken = tiny(tmp_path, "broken")
+
+    def crash(run, step):            # dies after step 5, one step past the last checkpoint
+        if step == 5:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        Run(cfg_b, broken, quiet=True).train(hooks=[crash])
+    assert [s for s, _ in list_checkpoints(broken)] == [2, 4]
+    train_main(["--resume", str(broken)])
+    _states_equal(load_checkpoint(checkpoint_path(straight, 6)),
+                  load_checkpoint(checkpoint_path(broken, 6)))
+
+
+def test_corrupt_checkpoint_is_reported_and_the_previous_one_resumes(tmp_path, capsys):
+    cfg, out = tiny(tmp_path, steps=4)
+    Run(cfg, out, quiet=True).train()
+    newest = checkpoint_path(out, 4)
+    data = newest.read_bytes()
+    newest.write_bytes(data[:len(data) // 2])               # truncated by a crash or a copy
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(newest)
+    with pytest.raises(SystemExit, match="truncated or corrupt"):
+        train_main(["--resume", str(out), "--steps", "6"])
+    train_main(["--resume", str(checkpoint_path(out, 2)), "--steps", "6"])
+    assert load_checkpoint(checkpoint_path(out, 6))["step"] == 6
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "ckpt.pt"
+    atomic_write(target, lambda f: f.write(b"old"))
+
+    def fail(f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, fail)
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["ckpt.pt"]          # no temporary file left behind
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    assert train_main(["--dry-run", "--preset", "tiny", "--steps", "7", "--set", "r_num=2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["train"]["steps"] == 7 and out["model"]["r_num"] == 2
+    assert out["train"]["dataset"] == "shapes"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "no_such_field=1"], "no_such_field"),
+    (["--precision", "fp8"], "precision"),
+    (["--dataset", "cub"], "data_dir"),
+    (["--batch-size", "1"], "batch_size"),
+    (["--set", "r_num"], "KEY=VALUE"),
+])
+def test_bad_flags_are_named(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        train_main(["--dry-run"] + argv)
+
+
+def test_resume_refuses_to_change_the_model(tmp_path):
+    cfg, out = tiny(tmp_path, steps=2, itm_steps=0)
+    Run(cfg, out, quiet=True).train()
+    with pytest.raises(SystemExit, match="cannot change"):
+        train_main(["--resume", str(out), "--set", "r_num=2"])
+    with pytest.raises(SystemExit, match="not a run directory"):
+        train_main(["--resume", str(tmp_path)])
+
+
+def test_epoch_batches_partition_and_resume():
+    full = [b for r in range(2) for b in EpochBatches(23, 3, seed=5, epoch=1, rank=r, world=2)]
+    flat = sorted(i for b in full for i in b)
+    assert len(flat) == 18 and len(set(flat)) == 18          # 23 // 6 batches of 3 per rank
+    ranked = list(EpochBatches(23, 3, seed=5, epoch=1, rank=1, world=2))
+    assert list(EpochBatches(23, 3, seed=5, epoch=1, rank=1, world=2, start=2)) == ranked[2:]
+    assert list(EpochBatches(23, 3, seed=5, epoch=2)) != list(EpochBatches(23, 3, seed=5,
+                                                                           epoch=1))
+    with pytest.raises(ValueError, match="smaller than one batch"):
+        EpochBatches(5, 3, seed=0, epoch=0, world=2)
+
+
+def test_caption_codec_clip_tokens():
+    cfg = get_config("tiny", vocab_size=12)
+    vocab = Vocabulary.from_words(["a", "red", "circle"])
+    tokens, caption, lens = CaptionCodec(cfg, vocab).encode_text(["a red circle", "circle"])
+    assert tokens[0, :5].tolist() == [10, 1, 2, 3, 11] and tokens[1, :3].tolist() == [10, 3, 11]
+    assert (tokens[:, 5:] == 0).all() and lens.tolist() == [3, 1]
+    with pytest.raises(ValueError, match="vocab_size"):
+        CaptionCodec(get_config("tiny", vocab_size=5), vocab)
+
+
+def test_two_process_gloo_run_keeps_replicas_in_sync(tmp_path):
+    worker = os.path.join(os.path.dirname(__file__), "ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--standalone", worker, str(tmp_path / "ddp")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "replicas in sync" in proc.stdout
+    state = load_checkpoint(checkpoint_path(tmp_path / "ddp", 4))
+    assert len(state["rng"]) == 2
+    gan = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+           if '"gan"' in x]
+    assert [r["step"] for r in gan] == [2, 4]               # rank 0 alone writes the log
