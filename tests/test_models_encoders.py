@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import upstream
+from clip_keys import resblock_shapes
 from t2i_fast import backends
 from t2i_fast.models import (CNN_ENCODER, D_NET64, D_NET128, D_NET256, G_NET, ITM, RNN_ENCODER,
                              KL_loss, SpectralNorm, StageSpec, d_condition, discriminator_loss,
@@ -65,18 +66,7 @@ def openai_clip_shapes(embed_dim, image_resolution, layers, width, context, voca
         keys[f"visual.attnpool.{proj}_proj.bias"] = (dim,)
     keys["visual.attnpool.c_proj.weight"] = (embed_dim, dim)
     keys["visual.attnpool.c_proj.bias"] = (embed_dim,)
-    for i in range(t_layers):
-        p = f"transformer.resblocks.{i}"
-        keys.update({f"{p}.attn.in_proj_weight": (3 * t_width, t_width),
-                     f"{p}.attn.in_proj_bias": (3 * t_width,),
-                     f"{p}.attn.out_proj.weight": (t_width, t_width),
-                     f"{p}.attn.out_proj.bias": (t_width,),
-                     f"{p}.ln_1.weight": (t_width,), f"{p}.ln_1.bias": (t_width,),
-                     f"{p}.mlp.c_fc.weight": (4 * t_width, t_width),
-                     f"{p}.mlp.c_fc.bias": (4 * t_width,),
-                     f"{p}.mlp.c_proj.weight": (t_width, 4 * t_width),
-                     f"{p}.mlp.c_proj.bias": (t_width,),
-                     f"{p}.ln_2.weight": (t_width,), f"{p}.ln_2.bias": (t_width,)})
+    keys.update(resblock_shapes("transformer", t_width, t_layers))
     keys.update({"token_embedding.weight": (vocab, t_width), "positional_embedding":
                  (context, t_width), "ln_final.weight": (t_width,), "ln_final.bias": (t_width,),
                  "text_projection": (t_width, embed_dim), "logit_scale": ()})

@@ -162,29 +162,22 @@ class Transformer(nn.Module):
         return x
 
 
-class CLIP(nn.Module):
-    """The two CLIP encoders in OpenAI's layout (state-dict compatible with a CLIP RN model).
+class CLIPText:
+    """Mixin: CLIP's text encoder as top-level attributes (OpenAI key names: transformer.*,
+    token_embedding, positional_embedding, ln_final, text_projection, logit_scale). Shared by
+    the ResNet CLIP below and the ViT CLIP of t2i_fast.metrics.clip_vit."""
 
-    embed_dim: joint width; image_resolution, vision_layers, vision_width: ModifiedResNet;
-    context_length, vocab_size, transformer_width/heads/layers: the text Transformer.
-    """
-
-    def __init__(self, embed_dim=512, image_resolution=224, vision_layers=(3, 4, 23, 3),
-                 vision_width=64, context_length=77, vocab_size=49408, transformer_width=512,
-                 transformer_heads=8, transformer_layers=12):
-        super().__init__()
+    def _build_text(self, embed_dim, context_length, vocab_size, width, heads, layers):
         self.context_length = context_length
-        self.visual = ModifiedResNet(vision_layers, embed_dim, vision_width * 32 // 64,
-                                     image_resolution, vision_width)
-        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads)
-        self.token_embedding = nn.Embedding(vocab_size, transformer_width)
-        self.positional_embedding = nn.Parameter(torch.empty(context_length, transformer_width))
-        self.ln_final = nn.LayerNorm(transformer_width)
-        self.text_projection = nn.Parameter(torch.empty(transformer_width, embed_dim))
+        self.transformer = Transformer(width, layers, heads)
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
+        self.ln_final = nn.LayerNorm(width)
+        self.text_projection = nn.Parameter(torch.empty(width, embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(4.6052))     # log(1/0.07), as CLIP
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
-        nn.init.normal_(self.text_projection, std=transformer_width ** -0.5)
+        nn.init.normal_(self.text_projection, std=width ** -0.5)
 
     def encode_text_tokens(self, tokens):
         """tokens (B, context) -> per-token features (B, context, width), sentence (B, embed).
@@ -199,6 +192,23 @@ class CLIP(nn.Module):
         x = self.ln_final(self.transformer(x, causal))
         eot = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
         return x, eot @ self.text_projection
+
+
+class CLIP(CLIPText, nn.Module):
+    """The two CLIP encoders in OpenAI's layout (state-dict compatible with a CLIP RN model).
+
+    embed_dim: joint width; image_resolution, vision_layers, vision_width: ModifiedResNet;
+    context_length, vocab_size, transformer_width/heads/layers: the text Transformer.
+    """
+
+    def __init__(self, embed_dim=512, image_resolution=224, vision_layers=(3, 4, 23, 3),
+                 vision_width=64, context_length=77, vocab_size=49408, transformer_width=512,
+                 transformer_heads=8, transformer_layers=12):
+        super().__init__()
+        self.visual = ModifiedResNet(vision_layers, embed_dim, vision_width * 32 // 64,
+                                     image_resolution, vision_width)
+        self._build_text(embed_dim, context_length, vocab_size, transformer_width,
+                         transformer_heads, transformer_layers)
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,8 +335,12 @@ def _read_state(path):
         with zipfile.ZipFile(path) as archive:
             scripted = any(name.endswith("constants.pkl") for name in archive.namelist())
         if scripted:
-            return {k: v.float() for k, v in torch.jit.load(path, map_location="cpu")
-                    .state_dict().items()}
+            try:
+                module = torch.jit.load(path, map_location="cpu")
+            except Exception as err:
+                raise ValueError(f"cannot read CLIP checkpoint {path} (TorchScript archive): "
+                                 f"{err}") from err
+            return {k: v.float() for k, v in module.state_dict().items()}
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:   # truncated or foreign files: say which file and why
