@@ -16,14 +16,14 @@ from t2i_fast.data.vocab import Vocabulary
 from t2i_fast.models import Config, build_models, text_features
 from t2i_fast.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from t2i_fast.train.config import TrainConfig
-from t2i_fast.train.data import CaptionCodec, build_dataset
+from t2i_fast.train.data import build_dataset, make_codec
 
 
 class LoadedRun:
     def __init__(self, run_dir, train_cfg, model_cfg, vocab, models, step, device):
         self.dir, self.train_cfg, self.model_cfg = Path(run_dir), train_cfg, model_cfg
         self.vocab, self.models, self.step, self.device = vocab, models, step, device
-        self.codec = CaptionCodec(model_cfg, vocab)
+        self.codec = make_codec(train_cfg, model_cfg, vocab)
 
     @property
     def generator(self):

@@ -174,3 +174,33 @@ def test_two_process_gloo_run_keeps_replicas_in_sync(tmp_path):
     gan = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
            if '"gan"' in x]
     assert [r["step"] for r in gan] == [2, 4]               # rank 0 alone writes the log
+
+
+def test_published_clip_weights_load_and_stay_frozen(tmp_path):
+    import gzip
+    from t2i_fast.models import ITM
+    from t2i_fast.metrics.clip_tokenizer import ClipTokenizer
+    bpe = tmp_path / "bpe.txt.gz"
+    with gzip.open(bpe, "wt", encoding="utf-8") as f:       # CLIP's format: header + merges
+        f.write("#version: 0.2\nc i\nci r\nr e\nd</w> e\n")
+    vocab_size = ClipTokenizer(bpe).vocab_size
+    model = {"vocab_size": vocab_size, "freeze_clip": True}
+    torch.manual_seed(11)
+    clip = ITM.from_config(get_config("tiny", **model)).model.state_dict()
+    torch.save(clip, tmp_path / "clip.pt")
+    cfg, out = tiny(tmp_path, steps=2, itm_steps=2, model=model,
+                    clip_weights=str(tmp_path / "clip.pt"), clip_bpe=str(bpe))
+    run = Run(cfg, out, quiet=True)
+    tokens = run.codec.encode(*_one_caption(run))
+    assert tokens[0, 0] == vocab_size - 2 and vocab_size - 1 in tokens[0].tolist()
+    run.train()
+    trained = load_checkpoint(out / "encoders.pt")["text_encoder"]
+    for key, value in clip.items():
+        assert torch.equal(trained["model." + key], value), key      # frozen CLIP
+    with pytest.raises(ValueError, match="clip_bpe"):
+        tiny(tmp_path, clip_weights=str(tmp_path / "clip.pt"))
+
+
+def _one_caption(run):
+    item = run.train_set.item(0, caption_index=0)
+    return item["caption"][None], torch.tensor([item["cap_len"]])

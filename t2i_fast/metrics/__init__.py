@@ -6,6 +6,9 @@ Files, each one topic:
                   weights only; fid_from_features, inception_score
     retrieval.py  R-precision with DM-GAN's folds, mismatched-caption sampling
     cmd.py        GR-GAN's CMD from image / sentence embeddings or cached stats
+    attributes.py attribute classifier of the shapes dataset, attribute accuracy
+    clip_vit.py   CLIP ViT (B/32) in OpenAI / open_clip naming, for CMD
+    clip_tokenizer.py  CLIP's byte-pair tokenizer from a local merges file
 
 All scores are computed in float64 numpy; inputs may be arrays or tensors. Importing this package
 builds nothing and reads no file.

@@ -45,6 +45,7 @@ class TrainConfig:
     precision: str = "fp32"             # 'fp32', 'bf16' or 'fp16' (autocast)
     itm_weights: Optional[str] = None   # a trained ITM / DAMSM checkpoint: skips phase 1
     clip_weights: Optional[str] = None  # a CLIP RN checkpoint (OpenAI names) for the ITM
+    clip_bpe: Optional[str] = None      # CLIP's bpe_simple_vocab_16e6.txt.gz (with clip_weights)
     threads: Optional[int] = None       # torch CPU threads (default: torch's choice)
 
     def __post_init__(self):
@@ -68,6 +69,9 @@ class TrainConfig:
                      "num_samples"):
             if getattr(self, name) < 1:
                 bad(f"{name} must be >= 1, got {getattr(self, name)}")
+        if bool(self.clip_weights) != bool(self.clip_bpe):
+            bad("clip_weights and clip_bpe go together: published CLIP weights read CLIP's BPE "
+                "tokens (--clip-weights PATH --clip-bpe bpe_simple_vocab_16e6.txt.gz)")
         if self.batch_size is not None and self.batch_size < 2:
             bad(f"batch_size must be >= 2 (the matching losses need negatives), "
                 f"got {self.batch_size}")

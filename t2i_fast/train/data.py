@@ -9,6 +9,15 @@ import torch.nn.functional as F
 from torch.utils.data import Sampler
 
 
+def make_codec(train_cfg, model_cfg, vocab):
+    """The CaptionCodec of a run (CLIP BPE tokens when the run uses published CLIP weights)."""
+    bpe = None
+    if train_cfg.clip_bpe:
+        from t2i_fast.metrics.clip_tokenizer import ClipTokenizer
+        bpe = ClipTokenizer(train_cfg.clip_bpe)
+    return CaptionCodec(model_cfg, vocab, bpe)
+
+
 def max_words(model_cfg):
     """Word ids a dataset keeps per caption: the RNN reads words_num (upstream WORDS_NUM);
     the CLIP text encoder reads its context less the start and end tokens."""
@@ -67,10 +76,18 @@ class CaptionCodec:
     clip: [start, ids..., end, 0...] (B, clip_context) with start = vocab_size - 2 and
     end = vocab_size - 1 (the end token has the largest id, as CLIP's), so the word ids of the
     dataset vocabulary must stay below vocab_size - 2.
+    clip with `bpe` (a ClipTokenizer, for published CLIP weights): the caption text re-encoded
+    with CLIP's byte-pair tokens, as GR-GAN feeds CLIP.
     """
 
-    def __init__(self, model_cfg, vocab):
-        self.cfg, self.vocab = model_cfg, vocab
+    def __init__(self, model_cfg, vocab, bpe=None):
+        self.cfg, self.vocab, self.bpe = model_cfg, vocab, bpe
+        if bpe is not None:
+            if model_cfg.text_encoder != "clip" or bpe.vocab_size != model_cfg.vocab_size:
+                raise ValueError(f"CLIP BPE tokens ({bpe.vocab_size}) need the clip text "
+                                 f"encoder with vocab_size {bpe.vocab_size}, got "
+                                 f"{model_cfg.text_encoder!r} with {model_cfg.vocab_size}")
+            return
         reserved = 2 if model_cfg.text_encoder == "clip" else 0
         if len(vocab) + reserved > model_cfg.vocab_size:
             raise ValueError(f"the dataset vocabulary has {len(vocab)} words; the model's "
@@ -83,6 +100,9 @@ class CaptionCodec:
         if self.cfg.text_encoder != "clip":
             return caption[:, :self.cfg.words_num]
         cap_len = torch.as_tensor(cap_len)
+        if self.bpe is not None:
+            texts = [self.vocab.decode(c[:n]) for c, n in zip(caption, cap_len.tolist())]
+            return self.bpe.tokenize(texts, context_length=self.cfg.clip_context)
         if int(cap_len.max()) > self.cfg.clip_context - 2:
             raise ValueError(f"captions of {int(cap_len.max())} words exceed the CLIP context "
                              f"{self.cfg.clip_context} less start and end tokens")

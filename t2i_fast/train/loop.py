@@ -33,7 +33,7 @@ from t2i_fast.fileio import atomic_write
 from t2i_fast.train.checkpoint import (checkpoint_path, latest_checkpoint,
                                        load_checkpoint, prune_checkpoints, save_checkpoint)
 from t2i_fast.train.config import TrainConfig
-from t2i_fast.train.data import CaptionCodec, EpochBatches, build_dataset, multiscale
+from t2i_fast.train.data import EpochBatches, build_dataset, make_codec, multiscale
 from t2i_fast.train.progress import MetricsLog, Progress, memory_mb
 
 
@@ -88,6 +88,8 @@ def model_config_for(train_cfg, vocab):
     if "vocab_size" not in train_cfg.model:
         reserved = 2 if cfg.text_encoder == "clip" else 0
         cfg.vocab_size = len(vocab) + reserved
+    if train_cfg.clip_bpe and "vocab_size" not in train_cfg.model:
+        cfg.vocab_size = 49408                         # CLIP's byte-pair vocabulary
     return cfg
 
 
@@ -107,13 +109,14 @@ class Run:
         if train_cfg.dataset != "shapes" and self.test_set.vocab is not self.vocab:
             self.test_set.vocab = self.vocab
         self.cfg = model_config_for(train_cfg, self.vocab)
-        if train_cfg.clip_weights and self.cfg.text_encoder == "clip":
-            raise SystemExit("error: --clip-weights: the trainer tokenises captions with the "
-                             "dataset's word vocabulary, not CLIP's BPE, so published CLIP "
-                             "weights would read the wrong tokens; train the ITM from scratch")
-        self.codec = CaptionCodec(self.cfg, self.vocab)
+        self.codec = make_codec(train_cfg, self.cfg, self.vocab)
         torch.manual_seed(train_cfg.seed)             # the same initial weights on every rank
         self.models = build_models(self.cfg, self.d.device)
+        if train_cfg.clip_weights:
+            if self.cfg.text_encoder != "clip":
+                raise SystemExit(f"error: --clip-weights needs a clip text encoder; preset "
+                                 f"{train_cfg.preset!r} uses {self.cfg.text_encoder!r}")
+            self.models.text_encoder.load_clip(train_cfg.clip_weights)
         self.G, self.Ds = self.models.generator, self.models.discriminators
         self.ema = [p.detach().clone() for p in self.G.parameters()]
         self.opt_g = _optimizer(self.cfg.optimizer, self.G.parameters(), self.cfg.lr_g,

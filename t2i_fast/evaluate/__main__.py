@@ -1,0 +1,5 @@
+import sys
+
+from t2i_fast.evaluate.cli import main
+
+sys.exit(main())
