@@ -204,3 +204,11 @@ def test_published_clip_weights_load_and_stay_frozen(tmp_path):
 def _one_caption(run):
     item = run.train_set.item(0, caption_index=0)
     return item["caption"][None], torch.tensor([item["cap_len"]])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs(tmp_path, precision):
+    cfg, out = tiny(tmp_path, steps=2, itm_steps=1, precision=precision, ckpt_every=2)
+    Run(cfg, out, quiet=True).train()
+    state = load_checkpoint(checkpoint_path(out, 2))
+    assert all(torch.isfinite(t).all() for t in state["ema"])

@@ -29,6 +29,17 @@ def same(op, ref_name, ref, **others):
             raise TypeError(f"{op}: {name} has dtype {t.dtype} but {ref_name} has {ref.dtype}")
 
 
+def autocast(device, *tensors, lower=True):
+    """Inside an autocast region, the floating tensors cast as autocast casts its ops: to the
+    region's dtype for matmul-like ops (lower=True), to float32 for softmax-based losses
+    (lower=False). Outside autocast, the tensors unchanged (mixed dtypes stay an error)."""
+    if not torch.is_autocast_enabled(device.type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device.type) if lower else torch.float32
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                 for t in tensors)
+
+
 def mask(op, name, m, batch, slots, device):
     """A bool (batch, slots) padding mask on `device`, or None."""
     if m is None:

@@ -55,6 +55,8 @@ def damsm_sentence_loss(image_code, sent_code, class_ids=None, *, gamma3=10.0, e
     op = "damsm_sentence_loss"
     _checks.tensor(op, "image_code", image_code, 2)
     _checks.tensor(op, "sent_code", sent_code, 2)
+    image_code, sent_code = _checks.autocast(image_code.device, image_code, sent_code,
+                                             lower=False)
     if sent_code.shape != image_code.shape:
         raise ValueError(f"{op}: sent_code must have the shape of image_code "
                          f"{tuple(image_code.shape)}, got {tuple(sent_code.shape)}")

@@ -84,6 +84,8 @@ def memory_read(query, key, value, mask=None, *, scale=1.0, mask_compat=False, r
     -> out (B,Cv,H,W) [, attn (B,T,H,W) if return_attn]. Fully masked pixels read 0.
     """
     op = "memory_read"
+    _checks.tensor(op, "query", query, 4)
+    query, key, value = _checks.autocast(query.device, query, key, value)
     _check_attention(op, "query", query, key, value, mask)
     backend = backends.select(op, query.device, query.dtype, impl)
     if backend == "reference":
@@ -103,6 +105,7 @@ def response_gate(h, o, weight, bias, *, return_gate=False, impl=None):
     op = "response_gate"
     _checks.tensor(op, "h", h, 4)
     _checks.tensor(op, "o", o, 4)
+    h, o, weight, bias = _checks.autocast(h.device, h, o, weight, bias)
     if o.shape != h.shape:
         raise ValueError(f"{op}: o must have the shape of h {tuple(h.shape)}, got {tuple(o.shape)}")
     _checks.same(op, "h", h, o=o)
@@ -123,6 +126,9 @@ def dynamic_memory(h, key, value, mask, gate_weight, gate_bias, *, mask_compat=F
     (1,2C,1,1), gate_bias () or (1,) -> out (B,C,H,W) [, attn (B,T,H,W) if return_attn].
     """
     op = "dynamic_memory"
+    _checks.tensor(op, "h", h, 4)
+    h, key, value, gate_weight, gate_bias = _checks.autocast(h.device, h, key, value,
+                                                             gate_weight, gate_bias)
     _check_attention(op, "h", h, key, value, mask)
     _checks.size(op, "value", value, 1, h.shape[1], "the channels C of h")
     gate_weight, gate_bias = _gate_params(op, h, gate_weight, gate_bias)

@@ -78,6 +78,7 @@ def word_region_attention(words, regions, gamma1, word_mask=None, *, impl=None):
     op = "word_region_attention"
     _checks.tensor(op, "words", words, 3)
     _checks.tensor(op, "regions", regions, 4)
+    words, regions = _checks.autocast(words.device, words, regions)
     _checks.size(op, "regions", regions, 0, words.shape[0], "the batch B of words")
     _checks.size(op, "regions", regions, 1, words.shape[1], "the width D of words")
     _checks.same(op, "words", words, regions=regions)
@@ -100,6 +101,7 @@ def word_region_similarity(regions, words, cap_lens, gamma1=4.0, gamma2=5.0, *, 
     op = "word_region_similarity"
     _checks.tensor(op, "regions", regions, 4)
     _checks.tensor(op, "words", words, 3)
+    regions, words = _checks.autocast(regions.device, regions, words, lower=False)
     _checks.size(op, "words", words, 1, regions.shape[1], "the width D of regions")
     _checks.same(op, "regions", regions, words=words)
     cap_lens = _checks.lengths(op, "cap_lens", cap_lens, words.shape[0], words.shape[2],
