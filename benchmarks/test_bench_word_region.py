@@ -8,8 +8,8 @@ written once in backward); the work is about 4 B_img B_cap R T D flops per direc
 import pytest
 import torch
 
-import upstream
 from bench_utils import DEVICE, MODES, ON_GPU, fused_providers, make_step, measure, saved_by
+import upstream  # noqa: E402,I001 (tests/ is on the path once bench_utils is imported)
 from t2i_fast import ops
 
 # (B, D, H, W, T): DAMSM (B=48, 17x17 regions, D=256, T=18) and GR-GAN's ITM (14x14, D=512,
