@@ -141,9 +141,10 @@ def build_parser(prog="python -m t2i_fast.train"):
         if f.name in ("preset", "model"):
             continue
         flag = "--" + f.name.replace("_", "-")
+        preset_values = sorted({str(v[f.name]) for v in TRAIN_PRESETS.values() if f.name in v})
+        note = f"; presets set {', '.join(preset_values)}" if preset_values else ""
         p.add_argument(flag, dest=f.name, default=None, type=_value,
-                       help=f"(default from the preset: {TRAIN_PRESETS['small'].get(f.name, f.default)!r})"
-                       if f.name in TRAIN_PRESETS["small"] else f"(default {f.default!r})")
+                       help=f"(default {f.default!r}{note})")
     return p
 
 
