@@ -40,26 +40,35 @@ class LoadedRun:
         tokens = self.codec.encode(caption, cap_len).to(self.device)
         return text_features(self.models, tokens, torch.as_tensor(cap_len).to(self.device))
 
+    def draw_noise(self, n, seed):
+        """z (n, z_dim) and CA noise (n, condition_dim) from a generator seeded with `seed`
+        (all z, then all CA noise: image i's noise does not depend on batching)."""
+        g = torch.Generator().manual_seed(int(seed))
+        cfg = self.model_cfg
+        return (torch.randn(n, cfg.z_dim, generator=g),
+                torch.randn(n, cfg.condition_dim, generator=g))
+
     @torch.no_grad()
-    def generate(self, caption, cap_len, seed=0, batch_size=64, all_stages=False):
-        """Images (B, 3, S, S) in [-1, 1] on the CPU for dataset word ids; noise z and the
-        CA sample are drawn from a generator seeded with `seed` (one draw per image, in
-        order, so results do not depend on batch_size). all_stages: every stage's images."""
+    def generate_batches(self, caption, cap_len, seed=0, batch_size=64):
+        """Yields (rows slice, every stage's images on the run's device) for dataset word ids
+        caption (B, L) and cap_len (B,), with the noise of draw_noise(B, seed)."""
         caption, cap_len = torch.as_tensor(caption), torch.as_tensor(cap_len)
         if caption.ndim != 2 or cap_len.shape != caption.shape[:1]:
             raise ValueError(f"caption must be (B, L) and cap_len (B,), got "
                              f"{tuple(caption.shape)} and {tuple(cap_len.shape)}")
-        g = torch.Generator().manual_seed(int(seed))
-        n, cfg = caption.shape[0], self.model_cfg
-        z, noise = torch.randn(n, cfg.z_dim, generator=g), torch.randn(n, cfg.condition_dim,
-                                                                        generator=g)
-        out = []
-        for i in range(0, n, batch_size):
+        z, noise = self.draw_noise(caption.shape[0], seed)
+        for i in range(0, caption.shape[0], batch_size):
             sl = slice(i, i + batch_size)
             words, sent, mask, _ = self.encode(caption[sl], cap_len[sl])
             images, _, _, _ = self.generator(z[sl].to(self.device), sent, words, mask,
                                              ca_noise=noise[sl].to(self.device))
-            out.append([im.float().cpu() for im in images])
+            yield sl, images
+
+    def generate(self, caption, cap_len, seed=0, batch_size=64, all_stages=False):
+        """Images (B, 3, S, S) in [-1, 1] on the CPU for dataset word ids (see
+        generate_batches); all_stages: every stage's images."""
+        out = [[im.float().cpu() for im in images]
+               for _, images in self.generate_batches(caption, cap_len, seed, batch_size)]
         stages = [torch.cat(parts) for parts in zip(*out)]
         return stages if all_stages else stages[-1]
 
@@ -90,10 +99,11 @@ def load_run(run_dir, device="cpu", checkpoint=None):
     encoders = run_dir / "encoders.pt"
     source = Path(train_cfg.itm_weights) if train_cfg.itm_weights else encoders
     if source.is_file():
-        enc = load_checkpoint(source, device)
-        models.text_encoder.load_state_dict(enc["text_encoder"])
-        if models.image_encoder is not models.text_encoder:
-            models.image_encoder.load_state_dict(enc["image_encoder"])
+        try:
+            models.load_encoder_state(load_checkpoint(source, device))
+        except (KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{source} does not hold encoders for {config_path}: "
+                                  f"{e}") from e
     state = load_checkpoint(ckpt, device)
     try:
         models.generator.load_state_dict(state["generator"])

@@ -7,15 +7,20 @@ from t2i_fast.runs import load_run
 from t2i_fast.train import Run, train_config
 
 
+def held_out(run, n):
+    """Caption 0 of the first n test images: ids (n, L), lengths (n,), colours (n,), images."""
+    ds = run.dataset("test")
+    items = [ds.item(i, caption_index=0) for i in range(n)]
+    return (torch.stack([it["caption"] for it in items]),
+            torch.tensor([it["cap_len"] for it in items]),
+            torch.tensor([it["attributes"]["colour"] for it in items]),
+            torch.stack([it["image"] for it in items]))
+
+
 def colour_retrieval(run, n=96):
     """For each held-out caption (caption 0 of test image i), does the test image whose code
     is most similar (cosine) show the caption's colour? Chance is about 1/6."""
-    ds = run.dataset("test")
-    items = [ds.item(i, caption_index=0) for i in range(n)]
-    caption = torch.stack([it["caption"] for it in items])
-    cap_len = torch.tensor([it["cap_len"] for it in items])
-    colour = torch.tensor([it["attributes"]["colour"] for it in items])
-    images = torch.stack([it["image"] for it in items])
+    caption, cap_len, colour, images = held_out(run, n)
     with torch.no_grad():
         _, sent, _, _ = run.encode(caption, cap_len)
         _, code = run.models.image_encoder.encode_image(images)
@@ -43,11 +48,7 @@ def test_matching_encoders_learn_colours_from_captions(tmp_path):
 def generated_colour_accuracy(run, n=300):
     """Share of generated images (EMA G, caption 0 of test image i) whose dominant colour is
     the colour their caption names. Chance is about 1/6."""
-    ds = run.dataset("test")
-    items = [ds.item(i, caption_index=0) for i in range(n)]
-    caption = torch.stack([it["caption"] for it in items])
-    cap_len = torch.tensor([it["cap_len"] for it in items])
-    colour = torch.tensor([it["attributes"]["colour"] for it in items])
+    caption, cap_len, colour, _ = held_out(run, n)
     return (dominant_colour(run.generate(caption, cap_len, seed=1)) == colour).float().mean().item()
 
 

@@ -46,7 +46,6 @@ How each metric relates to the published protocol:
 """
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 

@@ -48,41 +48,23 @@ def load_matcher(run, path):
         return Matcher(run.models, run.codec, run.device, "run")
     cfg = run.model_cfg
     text = build_text_encoder(cfg)
-    image = build_image_encoder(cfg, text)
+    models = replace(run.models, text_encoder=text, image_encoder=build_image_encoder(cfg, text))
     try:
-        state = load_checkpoint(path)
-        if not isinstance(state, dict):
-            raise KeyError("text_encoder")
-        text.load_state_dict(state["text_encoder"])
-        if image is not text:
-            image.load_state_dict(state["image_encoder"])
+        models.load_encoder_state(load_checkpoint(path))
     except CheckpointError as e:
         raise EvalError(f"--matcher {path}: {e}") from e
     except (KeyError, RuntimeError, TypeError, AttributeError) as e:
         raise EvalError(f"--matcher {path}: expected {{'text_encoder': state dict, "
                         f"'image_encoder': state dict}} (RUN_DIR/encoders.pt format) for the "
                         f"run's model config {cfg.name!r}: {e}") from e
-    models = replace(run.models, text_encoder=text.to(run.device).eval(),
-                     image_encoder=image.to(run.device).eval())
+    for net in (models.text_encoder, models.image_encoder):
+        net.to(run.device).eval()
     return Matcher(models, run.codec, run.device, str(path))
 
 
-def draw_noise(run, n, seed):
-    """z (n, z_dim) and CA noise (n, condition_dim), drawn as LoadedRun.generate draws them."""
-    g = torch.Generator().manual_seed(int(seed))
-    cfg = run.model_cfg
-    return torch.randn(n, cfg.z_dim, generator=g), torch.randn(n, cfg.condition_dim, generator=g)
-
-
-@torch.no_grad()
 def generate_batches(run, captions, seed, batch_size):
-    """Yields (rows slice, images (b, 3, S, S) in [-1, 1] on the run's device)."""
-    z, noise = draw_noise(run, len(captions), seed)
-    for lo in range(0, len(captions), batch_size):
-        sl = slice(lo, lo + batch_size)
-        words, sent, mask, _ = run.encode(captions.ids[sl], captions.lens[sl])
-        images, _, _, _ = run.generator(z[sl].to(run.device), sent, words, mask,
-                                        ca_noise=noise[sl].to(run.device))
+    """Yields (rows slice, final images (b, 3, S, S) in [-1, 1] on the run's device)."""
+    for sl, images in run.generate_batches(captions.ids, captions.lens, seed, batch_size):
         yield sl, images[-1].float()
 
 

@@ -29,6 +29,21 @@ class GANModels:
             net.to(*args, **kwargs)
         return self
 
+    def encoder_state(self):
+        """{'text_encoder': state dict[, 'image_encoder': state dict]} (one ITM: text only)."""
+        out = {"text_encoder": self.text_encoder.state_dict()}
+        if self.image_encoder is not self.text_encoder:
+            out["image_encoder"] = self.image_encoder.state_dict()
+        return out
+
+    def load_encoder_state(self, state):
+        """Inverse of encoder_state; KeyError / RuntimeError when `state` does not fit."""
+        if not isinstance(state, dict):
+            raise KeyError("text_encoder")
+        self.text_encoder.load_state_dict(state["text_encoder"])
+        if self.image_encoder is not self.text_encoder:
+            self.image_encoder.load_state_dict(state["image_encoder"])
+
 
 def weights_init(module):
     """Upstream weights_init: orthogonal Conv*/Linear weights (weight_bar under spectral norm),

@@ -103,8 +103,9 @@ class Run:
         self.d = distributed.setup(train_cfg.device)
         if train_cfg.threads:
             torch.set_num_threads(train_cfg.threads)
-        self.train_set = build_dataset(train_cfg, train_cfg.model_config(), "train")
-        self.test_set = build_dataset(train_cfg, train_cfg.model_config(), "test")
+        preset_cfg = train_cfg.model_config()
+        self.train_set = build_dataset(train_cfg, preset_cfg, "train")
+        self.test_set = build_dataset(train_cfg, preset_cfg, "test")
         self.vocab = self.train_set.vocab
         if train_cfg.dataset != "shapes" and self.test_set.vocab is not self.vocab:
             self.test_set.vocab = self.vocab
@@ -177,20 +178,9 @@ class Run:
                      lambda f: f.write(json.dumps(state, indent=2).encode()))
 
     # ---- phase 1 ------------------------------------------------------------------------------
-    def encoders(self):
-        """The text and image encoders' trainable state (one ITM object serves both)."""
-        m = self.models
-        out = {"text_encoder": m.text_encoder.state_dict()}
-        if m.image_encoder is not m.text_encoder:
-            out["image_encoder"] = m.image_encoder.state_dict()
-        return out
-
     def load_encoders(self, state, source):
-        m = self.models
         try:
-            m.text_encoder.load_state_dict(state["text_encoder"])
-            if m.image_encoder is not m.text_encoder:
-                m.image_encoder.load_state_dict(state["image_encoder"])
+            self.models.load_encoder_state(state)
         except (KeyError, RuntimeError) as e:
             raise SystemExit(f"error: {source} does not hold encoders for this model "
                              f"config: {e}")
@@ -207,7 +197,7 @@ class Run:
         elif t.itm_steps > 0:
             self._train_encoders(t.itm_steps)
             if self.d.main:
-                save_checkpoint(self.encoders(), path)
+                save_checkpoint(self.models.encoder_state(), path)
         self.d.barrier()
         for enc in (self.models.text_encoder, self.models.image_encoder):
             enc.requires_grad_(False)
