@@ -1,13 +1,15 @@
 // Parameters and argument checks of the dynamic-memory kernels (schemas in csrc/ops.cpp), shared
-// by every backend: csrc/cpu/dynamic_memory.cpp and a CUDA implementation include this file as is,
-// so it depends on ATen's core tensor only.
+// by csrc/cpu/dynamic_memory.cpp, csrc/cuda/dynamic_memory_dispatch.cpp and
+// csrc/cuda/dynamic_memory.cu, so it depends on ATen's core tensor only.
 #pragma once
 
+#include "common.h"
+
 #include <ATen/core/Tensor.h>
-#include <c10/util/Exception.h>
 
 #include <cstdint>
 #include <optional>
+#include <type_traits>
 
 namespace t2i_fast {
 
@@ -58,49 +60,25 @@ struct DynamicMemoryParams {
   void* dvalue = nullptr;
   void* dgate_weight = nullptr;
   void* dgate_bias = nullptr;
-
-  template <typename T>
-  static const T* as(const void* p) { return static_cast<const T*>(p); }
-  template <typename T>
-  static T* as(void* p) { return static_cast<T*>(p); }
 };
 
-namespace detail {
-
-inline bool given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
-
-// An optional gradient counts as given only when it holds data: autograd may hand over an empty
-// tensor for an output that was not requested.
-inline bool given_grad(const std::optional<at::Tensor>& t) {
-  return given(t) && t->numel() > 0;
+// The mask row that pixel n of image b reads with mask_compat: upstream tiles the (B, T) mask
+// over the B*N pixel rows with mask.repeat(N, 1) (AttnGAN issue #93), so row b*N + n gets row
+// (b*N + n) mod B.
+T2I_HOST_DEVICE inline int64_t mask_compat_row(int64_t b, int64_t n, int64_t N, int64_t B) {
+  return (b * N + n) % B;
 }
 
-inline void check_like(const at::Tensor& t, const at::Tensor& h, const char* name) {
-  TORCH_CHECK(t.scalar_type() == h.scalar_type(), "dynamic_memory: ", name, " has dtype ",
-              t.scalar_type(), " but h has ", h.scalar_type());
-  TORCH_CHECK(t.device() == h.device(), "dynamic_memory: ", name, " is on ", t.device(),
-              " but h is on ", h.device());
-}
-
-inline void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* name) {
-  TORCH_CHECK(t.sizes() == expected, "dynamic_memory: ", name, " must have shape ", expected,
-              ", got ", t.sizes());
-}
-
-}  // namespace detail
-
-// Checks the forward schema's arguments and fills shapes and flags (not the pointers).
-inline DynamicMemoryParams dynamic_memory_forward_params(
+// Shapes and flags of one call, read from its tensors, with the checks the kernels' memory
+// accesses need. Forward and backward bind the same way; the input contract (floating dtypes,
+// what the ops accept) is checked once per call in t2i_fast/ops/dynamic_memory.py.
+inline DynamicMemoryParams dynamic_memory_params(
     const at::Tensor& h, const std::optional<at::Tensor>& o, const std::optional<at::Tensor>& key,
     const std::optional<at::Tensor>& value, const std::optional<at::Tensor>& mask,
     const std::optional<at::Tensor>& gate_weight, const std::optional<at::Tensor>& gate_bias,
-    double scale, bool mask_compat, bool return_attn, bool return_gate) {
-  using detail::given;
-  TORCH_CHECK(h.defined() && h.dim() == 4, "dynamic_memory: h must have shape (B, C, H, W)");
-  const auto dtype = h.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
-                  dtype == at::kBFloat16,
-              "dynamic_memory: h must be float16, bfloat16, float32 or float64, got ", dtype);
+    double scale, bool mask_compat) {
+  constexpr const char* op = "dynamic_memory";
+  check_dims(h, 4, op, "h", "(B, C, H, W)");
   DynamicMemoryParams p;
   p.B = h.size(0);
   p.C = h.size(1);
@@ -113,52 +91,51 @@ inline DynamicMemoryParams dynamic_memory_forward_params(
   p.mask_compat = mask_compat;
   p.scale = scale;
 
-  TORCH_CHECK(given(key) == given(value), "dynamic_memory: key and value must be given together");
-  TORCH_CHECK(given(o) != p.has_attn,
-              "dynamic_memory: give either o (response gate) or key/value (memory read), not ",
+  TORCH_CHECK(given(key) == given(value), op, ": key and value must be given together");
+  TORCH_CHECK(given(o) != p.has_attn, op,
+              ": give either o (response gate) or key/value (memory read), not ",
               p.has_attn ? "both" : "neither");
-  TORCH_CHECK(given(gate_weight) == given(gate_bias),
-              "dynamic_memory: gate_weight and gate_bias must be given together");
+  TORCH_CHECK(given(gate_weight) == given(gate_bias), op,
+              ": gate_weight and gate_bias must be given together");
   if (p.has_attn) {
-    const at::Tensor& k = *key;
-    const at::Tensor& v = *value;
-    detail::check_like(k, h, "key");
-    detail::check_like(v, h, "value");
-    TORCH_CHECK(k.dim() == 3 && v.dim() == 3,
-                "dynamic_memory: key and value must have shapes (B, C, T) and (B, Cv, T)");
-    p.T = k.size(2);
-    p.Cv = v.size(1);
-    TORCH_CHECK(p.T > 0, "dynamic_memory: key needs at least one slot");
-    detail::check_shape(k, {p.B, p.C, p.T}, "key");
-    detail::check_shape(v, {p.B, p.Cv, p.T}, "value");
-    p.Cout = p.Cv;
-    TORCH_CHECK(!p.has_gate || p.Cv == p.C, "dynamic_memory: the gate needs value channels Cv ",
-                p.Cv, " equal to the channels C ", p.C, " of h");
+    check_dims(*key, 3, op, "key", "(B, C, T)");
+    check_dims(*value, 3, op, "value", "(B, Cv, T)");
+    p.T = key->size(2);
+    p.Cv = p.Cout = value->size(1);
+    TORCH_CHECK(p.T > 0, op, ": key needs at least one slot");
+    check_like(*key, h, {p.B, p.C, p.T}, op, "key", "h", "(B, C, T)");
+    check_like(*value, h, {p.B, p.Cv, p.T}, op, "value", "h", "(B, Cv, T)");
+    TORCH_CHECK(!p.has_gate || p.Cv == p.C, op, ": the gate needs value channels Cv ", p.Cv,
+                " equal to the channels C ", p.C, " of h");
   } else {
-    detail::check_like(*o, h, "o");
-    detail::check_shape(*o, h.sizes(), "o");
+    check_like(*o, h, h.sizes(), op, "o", "h", "(B, C, H, W)");
     p.Cv = p.Cout = p.C;
   }
   if (p.has_mask) {
-    TORCH_CHECK(p.has_attn, "dynamic_memory: mask needs key/value");
-    TORCH_CHECK(mask->scalar_type() == at::kBool, "dynamic_memory: mask must be bool, got ",
-                mask->scalar_type());
-    TORCH_CHECK(mask->device() == h.device(), "dynamic_memory: mask is on ", mask->device(),
-                " but h is on ", h.device());
-    detail::check_shape(*mask, {p.B, p.T}, "mask");
+    TORCH_CHECK(p.has_attn, op, ": mask needs key/value");
+    check_typed(*mask, at::kBool, "bool", h, {p.B, p.T}, op, "mask", "(B, T)");
   }
   if (p.has_gate) {
-    detail::check_like(*gate_weight, h, "gate_weight");
-    detail::check_like(*gate_bias, h, "gate_bias");
-    detail::check_shape(*gate_weight, {2 * p.C}, "gate_weight");
-    detail::check_shape(*gate_bias, {1}, "gate_bias");
+    check_like(*gate_weight, h, {2 * p.C}, op, "gate_weight", "h", "(2C,)");
+    check_like(*gate_bias, h, {1}, op, "gate_bias", "h", "(1,)");
   }
+  return p;
+}
+
+inline DynamicMemoryParams dynamic_memory_forward_params(
+    const at::Tensor& h, const std::optional<at::Tensor>& o, const std::optional<at::Tensor>& key,
+    const std::optional<at::Tensor>& value, const std::optional<at::Tensor>& mask,
+    const std::optional<at::Tensor>& gate_weight, const std::optional<at::Tensor>& gate_bias,
+    double scale, bool mask_compat, bool return_attn, bool return_gate) {
+  DynamicMemoryParams p =
+      dynamic_memory_params(h, o, key, value, mask, gate_weight, gate_bias, scale, mask_compat);
   p.return_attn = return_attn && p.has_attn;
   p.return_gate = return_gate && p.has_gate;
   return p;
 }
 
-// Checks the backward schema's arguments (the forward's plus the gradients and lse).
+// Backward binds the saved forward inputs as forward does and adds the sizes of the incoming
+// gradients and of lse, which its kernels read.
 inline DynamicMemoryParams dynamic_memory_backward_params(
     const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_attn,
     const std::optional<at::Tensor>& grad_gate, const at::Tensor& h,
@@ -166,31 +143,32 @@ inline DynamicMemoryParams dynamic_memory_backward_params(
     const std::optional<at::Tensor>& value, const std::optional<at::Tensor>& mask,
     const std::optional<at::Tensor>& gate_weight, const std::optional<at::Tensor>& gate_bias,
     const at::Tensor& lse, double scale, bool mask_compat) {
-  DynamicMemoryParams p = dynamic_memory_forward_params(h, o, key, value, mask, gate_weight,
-                                                        gate_bias, scale, mask_compat, false,
-                                                        false);
-  detail::check_like(grad_out, h, "grad_out");
-  detail::check_shape(grad_out, {p.B, p.Cout, p.H, p.W}, "grad_out");
-  p.has_grad_attn = detail::given_grad(grad_attn);
-  p.has_grad_gate = detail::given_grad(grad_gate);
+  constexpr const char* op = "dynamic_memory_backward";
+  DynamicMemoryParams p =
+      dynamic_memory_params(h, o, key, value, mask, gate_weight, gate_bias, scale, mask_compat);
+  check_like(grad_out, h, {p.B, p.Cout, p.H, p.W}, op, "grad_out", "h", "(B, Cout, H, W)");
+  p.has_grad_attn = p.has_attn && given_grad(grad_attn);
+  p.has_grad_gate = p.has_gate && given_grad(grad_gate);
   if (p.has_grad_attn) {
-    TORCH_CHECK(p.has_attn, "dynamic_memory: grad_attn needs key/value");
-    detail::check_like(*grad_attn, h, "grad_attn");
-    detail::check_shape(*grad_attn, {p.B, p.T, p.H, p.W}, "grad_attn");
+    check_like(*grad_attn, h, {p.B, p.T, p.H, p.W}, op, "grad_attn", "h", "(B, T, H, W)");
   }
   if (p.has_grad_gate) {
-    TORCH_CHECK(p.has_gate, "dynamic_memory: grad_gate needs gate_weight/gate_bias");
-    detail::check_like(*grad_gate, h, "grad_gate");
-    detail::check_shape(*grad_gate, {p.B, 1, p.H, p.W}, "grad_gate");
+    check_like(*grad_gate, h, {p.B, 1, p.H, p.W}, op, "grad_gate", "h", "(B, 1, H, W)");
   }
   if (p.has_attn) {
-    TORCH_CHECK(lse.scalar_type() == at::kFloat, "dynamic_memory: lse must be float32, got ",
-                lse.scalar_type());
-    TORCH_CHECK(lse.device() == h.device(), "dynamic_memory: lse is on ", lse.device(),
-                " but h is on ", h.device());
-    detail::check_shape(lse, {p.B, p.N}, "lse");
+    check_typed(lse, at::kFloat, "a float32 tensor", h, {p.B, p.N}, op, "lse", "(B, N)");
   }
   return p;
+}
+
+// Calls f(std::bool_constant<has_attn>, std::bool_constant<has_gate>) for p's variant, so that
+// each variant is its own instantiation of the kernels.
+template <typename F>
+void with_variant(const DynamicMemoryParams& p, const F& f) {
+  if (p.has_attn && p.has_gate) f(std::true_type{}, std::true_type{});
+  else if (p.has_attn) f(std::true_type{}, std::false_type{});
+  else if (p.has_gate) f(std::false_type{}, std::true_type{});
+  else f(std::false_type{}, std::false_type{});
 }
 
 // The inputs of one call made contiguous (undefined when absent). They own the memory the
@@ -200,41 +178,27 @@ struct DynamicMemoryInputs {
   at::Tensor grad_out, grad_attn, grad_gate, lse;  // backward only
 };
 
-namespace detail {
-
-inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
-  return given(t) ? t->contiguous() : at::Tensor();
-}
-
-inline const void* ptr(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr() : nullptr;
-}
-
-}  // namespace detail
-
 // Makes the forward inputs contiguous and points p's input pointers at them.
 inline DynamicMemoryInputs bind_forward_inputs(
     DynamicMemoryParams& p, const at::Tensor& h, const std::optional<at::Tensor>& o,
     const std::optional<at::Tensor>& key, const std::optional<at::Tensor>& value,
     const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& gate_weight,
     const std::optional<at::Tensor>& gate_bias) {
-  using detail::contiguous_or_undefined;
-  using detail::ptr;
   DynamicMemoryInputs in;
   in.h = h.contiguous();
-  in.o = contiguous_or_undefined(o);
-  in.key = contiguous_or_undefined(key);
-  in.value = contiguous_or_undefined(value);
-  in.mask = contiguous_or_undefined(mask);
-  in.gate_weight = contiguous_or_undefined(gate_weight);
-  in.gate_bias = contiguous_or_undefined(gate_bias);
-  p.h = ptr(in.h);
-  p.o = ptr(in.o);
-  p.key = ptr(in.key);
-  p.value = ptr(in.value);
-  p.mask = in.mask.defined() ? in.mask.const_data_ptr<bool>() : nullptr;
-  p.gate_weight = ptr(in.gate_weight);
-  p.gate_bias = ptr(in.gate_bias);
+  in.o = contiguous_if_given(o);
+  in.key = contiguous_if_given(key);
+  in.value = contiguous_if_given(value);
+  in.mask = contiguous_if_given(mask);
+  in.gate_weight = contiguous_if_given(gate_weight);
+  in.gate_bias = contiguous_if_given(gate_bias);
+  p.h = data_or_null(in.h);
+  p.o = data_or_null(in.o);
+  p.key = data_or_null(in.key);
+  p.value = data_or_null(in.value);
+  p.mask = static_cast<const bool*>(data_or_null(in.mask));
+  p.gate_weight = data_or_null(in.gate_weight);
+  p.gate_bias = data_or_null(in.gate_bias);
   return in;
 }
 
@@ -246,17 +210,16 @@ inline DynamicMemoryInputs bind_backward_inputs(
     const std::optional<at::Tensor>& key, const std::optional<at::Tensor>& value,
     const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& gate_weight,
     const std::optional<at::Tensor>& gate_bias, const at::Tensor& lse) {
-  using detail::ptr;
   DynamicMemoryInputs in =
       bind_forward_inputs(p, h, o, key, value, mask, gate_weight, gate_bias);
   in.grad_out = grad_out.contiguous();
   in.grad_attn = p.has_grad_attn ? grad_attn->contiguous() : at::Tensor();
   in.grad_gate = p.has_grad_gate ? grad_gate->contiguous() : at::Tensor();
   in.lse = p.has_attn ? lse.contiguous() : at::Tensor();
-  p.grad_out = ptr(in.grad_out);
-  p.grad_attn = ptr(in.grad_attn);
-  p.grad_gate = ptr(in.grad_gate);
-  p.lse = in.lse.defined() ? in.lse.const_data_ptr<float>() : nullptr;
+  p.grad_out = data_or_null(in.grad_out);
+  p.grad_attn = data_or_null(in.grad_attn);
+  p.grad_gate = data_or_null(in.grad_gate);
+  p.lse = static_cast<const float*>(data_or_null(in.lse));
   return in;
 }
 

@@ -7,6 +7,8 @@
 //   * Optional outputs that were not requested are returned as empty tensors.
 //   * lse holds float32 per-row log-sum-exp statistics for backward; a row with every slot
 //     masked stores +inf so that exp(s - lse) = 0 there.
+#include "common.h"
+
 #include <torch/extension.h>
 #include <torch/library.h>
 #include <torch/version.h>
@@ -25,7 +27,8 @@ TORCH_LIBRARY(t2i_fast_C, m) {
         "Tensor? gate_bias, Tensor lse, float scale, bool mask_compat) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 
-  // The word-region family. regions (Bi,D,R), words (Bc,D,T), cap_lens (Bc,) int64 in 1..T.
+  // The word-region family. regions (Bi,D,R), words (Bc,D,T), cap_lens (Bc,) int64; the
+  // kernels clamp each length into [0, T] (the ops accept 1..T).
   // Returns (S (Bi,Bc), lse (Bi,Bc,T) f32: log-sum-exp over regions of gamma1*a per word).
   m.def("word_region_similarity_forward(Tensor regions, Tensor words, Tensor cap_lens, "
         "float gamma1, float gamma2) -> (Tensor, Tensor)");
@@ -56,6 +59,9 @@ static pybind11::dict build_info() {
 #else
   info["openmp"] = false;
 #endif
+  // The CUDA kernels' limits, for the backend table (t2i_fast/backends.py).
+  info["cuda_max_slots"] = t2i_fast::kCudaMaxSlots;
+  info["cuda_max_batch"] = t2i_fast::kCudaMaxBatch;
   return info;
 }
 

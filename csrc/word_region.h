@@ -1,16 +1,18 @@
-// Parameters and argument checks of the word-region kernels (schemas in csrc/ops.cpp), shared by
-// every backend: csrc/cpu/word_region.cpp and csrc/cuda/word_region.cpp include this file as is,
-// so it depends on ATen's core tensor only.
+// Parameters, argument checks and the cosine of the word-region kernels (schemas in
+// csrc/ops.cpp), shared by csrc/cpu/word_region.cpp, csrc/cuda/word_region_dispatch.cpp and
+// csrc/cuda/word_region.cu, so it depends on ATen's core tensor only.
 //
 // Both ops work per (word set, region set) pair. word_region_similarity pairs every image j with
 // every caption i (Bi x Bc pairs); word_region_attention pairs index b with index b (B pairs, and
-// then Bi = Bc = B). The checks here cover shapes, dtypes and devices; value checks that need the
-// data (cap_lens in 1..T) are left to the backend that can afford them.
+// then Bi = Bc = B). The checks here cover shapes, dtypes and devices and read no tensor data:
+// the kernels clamp each caption length into [0, T] instead (caption_length).
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <c10/util/Exception.h>
+#include "common.h"
 
+#include <ATen/core/Tensor.h>
+
+#include <cmath>
 #include <cstdint>
 #include <optional>
 
@@ -33,7 +35,7 @@ struct WordRegionParams {
   // Inputs, element type = regions' dtype unless noted.
   const void* regions = nullptr;       // (Bi, D, R)
   const void* words = nullptr;         // (Bc, D, T)
-  const int64_t* cap_lens = nullptr;   // (Bc,) in 1..T, similarity only
+  const int64_t* cap_lens = nullptr;   // (Bc,), similarity only; clamped into [0, T]
   const bool* word_mask = nullptr;     // (B, T) or null, attention only
   const float* lse = nullptr;          // backward: (Bi, Bc, T) similarity, (B, T) attention
   const void* grad_s = nullptr;        // (Bi, Bc), similarity backward
@@ -59,68 +61,49 @@ struct WordRegionParams {
   float* delta_pairs = nullptr;         // (Bi, Bc, TM): sum_r b gb of every pair and word
   float* d_words_parts = nullptr;       // (groups, Bc, D, TM), zero-initialised
   float* d_regions_acc = nullptr;       // (Bi, D, R), zero-initialised
-
-  template <typename T>
-  static const T* as(const void* p) { return static_cast<const T*>(p); }
-  template <typename T>
-  static T* as(void* p) { return static_cast<T*>(p); }
 };
 
-namespace word_region_detail {
+// The kernels a backend launches for one call (the CUDA launcher takes one of these).
+enum class WordRegionKernel { kSimilarityForward, kSimilarityBackward, kAttentionForward,
+                              kAttentionBackward };
 
-inline void check_float(const at::Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
-  const auto dtype = t.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
-                  dtype == at::kBFloat16,
-              op, ": ", name, " must be float16, bfloat16, float32 or float64, got ", dtype);
+// A caption's length clamped into [0, T]: the kernels read words t < length only, so any
+// length value is memory-safe without a check that reads cap_lens (the Python layer owns the
+// rule that lengths lie in 1..T).
+T2I_HOST_DEVICE inline int64_t caption_length(int64_t len, int64_t T) {
+  return len < 0 ? 0 : len > T ? T : len;
 }
 
-inline void check_like(const at::Tensor& t, const at::Tensor& ref, const char* op,
-                       const char* name, const char* ref_name) {
-  TORCH_CHECK(t.defined(), op, ": ", name, " is undefined");
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ",
-              t.scalar_type(), " but ", ref_name, " has ", ref.scalar_type());
-  TORCH_CHECK(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ",
-              ref_name, " is on ", ref.device());
+// The upstream cosine u / max(|w| |c|, 1e-8) from u = w.c, w2 = |w|^2, c2 = |c|^2; den is the
+// clamped denominator, and while clamped the norms get no gradient.
+template <typename acc_t>
+struct Cosine {
+  acc_t cos, den;
+  bool clamped;
+};
+
+template <typename acc_t>
+T2I_HOST_DEVICE inline Cosine<acc_t> cosine(acc_t u, acc_t w2, acc_t c2) {
+  using std::sqrt;
+  const acc_t eps = acc_t(1e-8);
+  const acc_t den = sqrt(w2) * sqrt(c2);
+  const bool clamped = !(den > eps);
+  const acc_t safe = clamped ? eps : den;
+  return {u / safe, safe, clamped};
 }
 
-inline void check_shape(const at::Tensor& t, at::IntArrayRef expected, const char* op,
-                        const char* name, const char* what) {
-  TORCH_CHECK(t.sizes() == expected, op, ": ", name, " must have shape ", what, " = ",
-              expected, ", got ", t.sizes());
-}
-
-inline void check_lse(const at::Tensor& lse, const at::Tensor& ref, at::IntArrayRef expected,
-                      const char* op, const char* what) {
-  TORCH_CHECK(lse.defined() && lse.scalar_type() == at::kFloat, op,
-              ": lse must be a float32 tensor (the forward's second output)");
-  TORCH_CHECK(lse.device() == ref.device(), op, ": lse is on ", lse.device(),
-              " but the features are on ", ref.device());
-  check_shape(lse, expected, op, "lse", what);
-}
-
-// An optional gradient counts as given only when it holds data: autograd may hand over an empty
-// tensor for an output that was not used.
-inline bool given_grad(const std::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() && t->numel() > 0;
-}
-
-}  // namespace word_region_detail
+// Shapes of one call, read from its tensors, with the checks the kernels' memory accesses need
+// (the input contract is checked once per call in t2i_fast/ops/word_region.py). Forward and
+// backward bind the same way; backward adds the sizes of the tensors only it reads.
 
 // regions (Bi, D, R), words (Bc, D, T), cap_lens (Bc,) int64.
-inline WordRegionParams word_region_similarity_forward_params(const at::Tensor& regions,
-                                                              const at::Tensor& words,
-                                                              const at::Tensor& cap_lens,
-                                                              double gamma1, double gamma2) {
-  namespace d = word_region_detail;
+inline WordRegionParams word_region_similarity_params(const at::Tensor& regions,
+                                                      const at::Tensor& words,
+                                                      const at::Tensor& cap_lens, double gamma1,
+                                                      double gamma2) {
   constexpr const char* op = "word_region_similarity";
-  d::check_float(regions, op, "regions");
-  d::check_like(words, regions, op, "words", "regions");
-  TORCH_CHECK(regions.dim() == 3, op, ": regions must have shape (B_img, D, R), got ",
-              regions.sizes());
-  TORCH_CHECK(words.dim() == 3, op, ": words must have shape (B_cap, D, T), got ",
-              words.sizes());
+  check_dims(regions, 3, op, "regions", "(B_img, D, R)");
+  check_dims(words, 3, op, "words", "(B_cap, D, T)");
   WordRegionParams p;
   p.Bi = regions.size(0);
   p.D = regions.size(1);
@@ -131,13 +114,11 @@ inline WordRegionParams word_region_similarity_forward_params(const at::Tensor& 
   p.gamma2 = gamma2;
   TORCH_CHECK(words.size(1) == p.D, op, ": words.shape[1] must equal the width D of regions = ",
               p.D, ", got shape ", words.sizes());
+  check_like(words, regions, words.sizes(), op, "words", "regions", "(B_cap, D, T)");
   TORCH_CHECK(p.R > 0 && p.T > 0, op, ": regions and words must have at least one region and ",
               "one word slot, got R = ", p.R, ", T = ", p.T);
-  TORCH_CHECK(cap_lens.defined() && cap_lens.scalar_type() == at::kLong, op,
-              ": cap_lens must be an int64 tensor");
-  TORCH_CHECK(cap_lens.device() == regions.device(), op, ": cap_lens is on ", cap_lens.device(),
-              " but the features are on ", regions.device());
-  d::check_shape(cap_lens, {p.Bc}, op, "cap_lens", "(B_cap,)");
+  check_typed(cap_lens, at::kLong, "an int64 tensor", regions, {p.Bc}, op, "cap_lens",
+              "(B_cap,)");
   return p;
 }
 
@@ -145,46 +126,35 @@ inline WordRegionParams word_region_similarity_forward_params(const at::Tensor& 
 inline WordRegionParams word_region_similarity_backward_params(
     const at::Tensor& grad_s, const at::Tensor& regions, const at::Tensor& words,
     const at::Tensor& cap_lens, const at::Tensor& lse, double gamma1, double gamma2) {
-  namespace d = word_region_detail;
   constexpr const char* op = "word_region_similarity_backward";
-  WordRegionParams p =
-      word_region_similarity_forward_params(regions, words, cap_lens, gamma1, gamma2);
-  d::check_like(grad_s, regions, op, "grad_s", "regions");
-  d::check_shape(grad_s, {p.Bi, p.Bc}, op, "grad_s", "(B_img, B_cap)");
-  d::check_lse(lse, regions, {p.Bi, p.Bc, p.T}, op, "(B_img, B_cap, T)");
+  WordRegionParams p = word_region_similarity_params(regions, words, cap_lens, gamma1, gamma2);
+  check_like(grad_s, regions, {p.Bi, p.Bc}, op, "grad_s", "regions", "(B_img, B_cap)");
+  check_typed(lse, at::kFloat, "a float32 tensor", regions, {p.Bi, p.Bc, p.T}, op, "lse",
+              "(B_img, B_cap, T)");
   return p;
 }
 
 // words (B, D, T), regions (B, D, R), word_mask (B, T) bool or None.
-inline WordRegionParams word_region_attention_forward_params(
-    const at::Tensor& words, const at::Tensor& regions,
-    const std::optional<at::Tensor>& word_mask, double gamma1) {
-  namespace d = word_region_detail;
+inline WordRegionParams word_region_attention_params(const at::Tensor& words,
+                                                     const at::Tensor& regions,
+                                                     const std::optional<at::Tensor>& word_mask,
+                                                     double gamma1) {
   constexpr const char* op = "word_region_attention";
-  d::check_float(words, op, "words");
-  d::check_like(regions, words, op, "regions", "words");
-  TORCH_CHECK(words.dim() == 3, op, ": words must have shape (B, D, T), got ", words.sizes());
-  TORCH_CHECK(regions.dim() == 3, op, ": regions must have shape (B, D, R), got ",
-              regions.sizes());
+  check_dims(words, 3, op, "words", "(B, D, T)");
+  check_dims(regions, 3, op, "regions", "(B, D, R)");
   WordRegionParams p;
   p.Bi = p.Bc = words.size(0);
   p.D = words.size(1);
   p.T = words.size(2);
   p.R = regions.size(2);
   p.gamma1 = gamma1;
-  TORCH_CHECK(regions.size(0) == p.Bi && regions.size(1) == p.D, op,
-              ": regions must have shape (B, D, R) with (B, D) = (", p.Bi, ", ", p.D,
-              ") of words, got ", regions.sizes());
+  check_like(regions, words, {p.Bi, p.D, p.R}, op, "regions", "words", "(B, D, R)");
   TORCH_CHECK(p.R > 0 && p.T > 0, op, ": regions and words must have at least one region and ",
               "one word slot, got R = ", p.R, ", T = ", p.T);
-  p.has_mask = word_mask.has_value() && word_mask->defined();
+  p.has_mask = given(word_mask);
   if (p.has_mask) {
-    TORCH_CHECK(word_mask->scalar_type() == at::kBool, op,
-                ": word_mask must have dtype bool (true = padded), got ",
-                word_mask->scalar_type());
-    TORCH_CHECK(word_mask->device() == words.device(), op, ": word_mask is on ",
-                word_mask->device(), " but words are on ", words.device());
-    d::check_shape(*word_mask, {p.Bi, p.T}, op, "word_mask", "(B, T)");
+    check_typed(*word_mask, at::kBool, "bool (true = padded)", words, {p.Bi, p.T}, op,
+                "word_mask", "(B, T)");
   }
   return p;
 }
@@ -194,17 +164,14 @@ inline WordRegionParams word_region_attention_backward_params(
     const at::Tensor& grad_context, const std::optional<at::Tensor>& grad_attn,
     const at::Tensor& words, const at::Tensor& regions,
     const std::optional<at::Tensor>& word_mask, const at::Tensor& lse, double gamma1) {
-  namespace d = word_region_detail;
   constexpr const char* op = "word_region_attention_backward";
-  WordRegionParams p = word_region_attention_forward_params(words, regions, word_mask, gamma1);
-  d::check_like(grad_context, words, op, "grad_context", "words");
-  d::check_shape(grad_context, {p.Bi, p.D, p.T}, op, "grad_context", "(B, D, T)");
-  p.has_grad_attn = d::given_grad(grad_attn);
+  WordRegionParams p = word_region_attention_params(words, regions, word_mask, gamma1);
+  check_like(grad_context, words, {p.Bi, p.D, p.T}, op, "grad_context", "words", "(B, D, T)");
+  p.has_grad_attn = given_grad(grad_attn);
   if (p.has_grad_attn) {
-    d::check_like(*grad_attn, words, op, "grad_attn", "words");
-    d::check_shape(*grad_attn, {p.Bi, p.T, p.R}, op, "grad_attn", "(B, T, R)");
+    check_like(*grad_attn, words, {p.Bi, p.T, p.R}, op, "grad_attn", "words", "(B, T, R)");
   }
-  d::check_lse(lse, words, {p.Bi, p.T}, op, "(B, T)");
+  check_typed(lse, at::kFloat, "a float32 tensor", words, {p.Bi, p.T}, op, "lse", "(B, T)");
   return p;
 }
 

@@ -19,8 +19,8 @@ results are bitwise reproducible (set T2I_FAST_DETERMINISTIC=0 for fp32 atomics 
 
 Precision. Everything is computed in float32 (float64 for float64 inputs). Dots take float32
 operands: for fp16/bf16 inputs they run as TF32, which holds fp16/bf16 values exactly; for
-fp32 inputs as 3xTF32 ("tf32x3", within ~1e-6 of IEEE fp32) unless FP32_PRECISION is changed
-or T2I_FAST_TF32=1 asks for plain TF32. float64 (the interpreter's gradcheck path) uses
+fp32 inputs as 3xTF32 ("tf32x3", within ~1e-6 of IEEE fp32) unless _common.FP32_PRECISION is
+changed or T2I_FAST_TF32=1 asks for plain TF32. float64 (the interpreter's gradcheck path) uses
 broadcast-multiply-and-sum instead of tl.dot.
 
 Limits. T <= 32 and C <= 128 are the designed range (register tiles of BLOCK_N x C and
@@ -35,16 +35,12 @@ Memory traffic per call (M = B*N pixels, E bytes per element, small O(B*C*T) ter
 
 Performance: measured figures, the limits found and the next steps are in benchmarks/NOTES.md.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-# Input precision of float32 dots on a GPU ("ieee", "tf32x3" or "tf32"); the interpreter
-# always computes IEEE float32.
-FP32_PRECISION = "tf32x3"
-
+from ._common import (_arange, _mask_compat_row, _masked_softmax, _mm, deterministic,
+                      dot_meta, pad)
 
 # Backward recomputes the softmax normaliser from the scores (all T of a pixel are on chip)
 # instead of reading alpha = exp(s - lse): a float32 lse carries up to an ulp of |lse| into every
@@ -53,27 +49,9 @@ FP32_PRECISION = "tf32x3"
 BACKWARD_USES_LSE = False
 
 
-def fp32_precision():
-    return "tf32" if os.environ.get("T2I_FAST_TF32", "0") == "1" else FP32_PRECISION
-
-
-def deterministic():
-    return os.environ.get("T2I_FAST_DETERMINISTIC", "1") != "0"
-
-
 # --------------------------------------------------------------------------------------------
-# Shared device helpers
+# Device helpers of this family
 # --------------------------------------------------------------------------------------------
-
-@triton.jit
-def _mm(a, b, USE_DOT: tl.constexpr, PREC: tl.constexpr):
-    """a [M, K] @ b [K, N] with a float32 (or float64) result."""
-    if USE_DOT:
-        return tl.dot(a, b, input_precision=PREC)
-    else:
-        # float64: the interpreter's tl.dot support for it varies between Triton versions.
-        return tl.sum(a[:, :, None] * b[None, :, :], axis=1)
-
 
 @triton.jit
 def _pixel_offsets(n, W, s_y, s_x, FLAT: tl.constexpr):
@@ -99,8 +77,7 @@ def _slot_valid(mask_ptr, b, n, n_ok, t, T, B, N, HAS_MASK: tl.constexpr,
     valid = (t[None, :] < T) & (n[:, None] >= 0)
     if HAS_MASK:
         if MASK_COMPAT:
-            # Upstream's mask.repeat(N, 1): pixel row b*N+n reads mask row (b*N+n) mod B.
-            row = (b * N + n) % B
+            row = _mask_compat_row(b, n, N, B)
             pad = tl.load(mask_ptr + row[:, None] * T + t[None, :],
                           mask=n_ok[:, None] & (t[None, :] < T), other=1)
         else:
@@ -110,22 +87,36 @@ def _slot_valid(mask_ptr, b, n, n_ok, t, T, B, N, HAS_MASK: tl.constexpr,
 
 
 @triton.jit
-def _masked_softmax(s, valid):
-    """Row softmax over the valid slots; a row with none gives zeros and lse = +inf."""
-    s = tl.where(valid, s, float("-inf"))
-    m = tl.max(s, axis=1)
-    m = tl.where(m == float("-inf"), 0.0, m)
-    p = tl.exp(s - m[:, None])
-    total = tl.sum(p, axis=1)
-    safe = tl.where(total > 0, total, 1.0)
-    lse = tl.where(total > 0, m + tl.log(safe), float("inf"))
-    return p / safe[:, None], lse
-
-
-@triton.jit
 def _attention(h, key_t, valid, scale, USE_DOT: tl.constexpr, PREC: tl.constexpr):
     s = _mm(h, key_t, USE_DOT, PREC) * scale
     return _masked_softmax(s, valid)
+
+
+@triton.jit
+def _load_params(key_ptr, value_ptr, w_ptr, bias_ptr, b, C, CV, T,
+                 HAS_ATTN: tl.constexpr, HAS_GATE: tl.constexpr, VALUE_T: tl.constexpr,
+                 C_PAD: tl.constexpr, CV_PAD: tl.constexpr, T_PAD: tl.constexpr,
+                 ACC: tl.constexpr):
+    """The index ranges and the program's small operands: key [C, T], value [CV, T] (or [T, CV]
+    with VALUE_T), the gate weights w_h [C], w_o [CV] and the bias; 0.0 where absent."""
+    c, c_ok = _arange(C_PAD, C)
+    cv, cv_ok = _arange(CV_PAD, CV)
+    t, t_ok = _arange(T_PAD, T)
+    key, value, w_h, w_o, bias = 0.0, 0.0, 0.0, 0.0, 0.0
+    if HAS_ATTN:
+        key = tl.load(key_ptr + b * C * T + c[:, None] * T + t[None, :],
+                      mask=c_ok[:, None] & t_ok[None, :], other=0.0).to(ACC)
+        if VALUE_T:
+            value = tl.load(value_ptr + b * CV * T + cv[None, :] * T + t[:, None],
+                            mask=cv_ok[None, :] & t_ok[:, None], other=0.0).to(ACC)
+        else:
+            value = tl.load(value_ptr + b * CV * T + cv[:, None] * T + t[None, :],
+                            mask=cv_ok[:, None] & t_ok[None, :], other=0.0).to(ACC)
+    if HAS_GATE:
+        w_h = tl.load(w_ptr + c, mask=c_ok, other=0.0).to(ACC)
+        w_o = tl.load(w_ptr + C + cv, mask=cv_ok, other=0.0).to(ACC)
+        bias = tl.load(bias_ptr).to(ACC)
+    return c, c_ok, cv, cv_ok, t, t_ok, key, value, w_h, w_o, bias
 
 
 @triton.jit
@@ -151,21 +142,9 @@ def _forward_kernel(
         ACC: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    c = tl.arange(0, C_PAD)
-    c_ok = c < C
-    cv = tl.arange(0, CV_PAD)
-    cv_ok = cv < CV
-    t = tl.arange(0, T_PAD)
-    t_ok = t < T
-    if HAS_ATTN:
-        key = tl.load(key_ptr + b * C * T + c[:, None] * T + t[None, :],
-                      mask=c_ok[:, None] & t_ok[None, :], other=0.0).to(ACC)       # [C, T]
-        value_t = tl.load(value_ptr + b * CV * T + cv[None, :] * T + t[:, None],
-                          mask=cv_ok[None, :] & t_ok[:, None], other=0.0).to(ACC)  # [T, CV]
-    if HAS_GATE:
-        w_h = tl.load(w_ptr + c, mask=c_ok, other=0.0).to(ACC)
-        w_o = tl.load(w_ptr + C + cv, mask=cv_ok, other=0.0).to(ACC)
-        bias = tl.load(bias_ptr).to(ACC)
+    c, c_ok, cv, cv_ok, t, t_ok, key, value_t, w_h, w_o, bias = _load_params(
+        key_ptr, value_ptr, w_ptr, bias_ptr, b, C, CV, T, HAS_ATTN, HAS_GATE, True,
+        C_PAD, CV_PAD, T_PAD, ACC)                                    # key [C, T], value_t [T, CV]
 
     # A strided walk over the pixel blocks: the loop lets the compiler prefetch the next h
     # tile while this one is computed.
@@ -216,24 +195,12 @@ def _backward_kernel(
         ACC: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    c = tl.arange(0, C_PAD)
-    c_ok = c < C
-    cv = tl.arange(0, CV_PAD)
-    cv_ok = cv < CV
-    t = tl.arange(0, T_PAD)
-    t_ok = t < T
-
+    c, c_ok, cv, cv_ok, t, t_ok, key, value, w_h, w_o, bias = _load_params(
+        key_ptr, value_ptr, w_ptr, bias_ptr, b, C, CV, T, HAS_ATTN, HAS_GATE, False,
+        C_PAD, CV_PAD, T_PAD, ACC)                                    # key [C, T], value [CV, T]
     if HAS_ATTN:
-        key = tl.load(key_ptr + b * C * T + c[:, None] * T + t[None, :],
-                      mask=c_ok[:, None] & t_ok[None, :], other=0.0).to(ACC)       # [C, T]
-        value = tl.load(value_ptr + b * CV * T + cv[:, None] * T + t[None, :],
-                        mask=cv_ok[:, None] & t_ok[None, :], other=0.0).to(ACC)    # [CV, T]
         key_t = tl.trans(key)
         value_t = tl.trans(value)
-    if HAS_GATE:
-        w_h = tl.load(w_ptr + c, mask=c_ok, other=0.0).to(ACC)
-        w_o = tl.load(w_ptr + C + cv, mask=cv_ok, other=0.0).to(ACC)
-        bias = tl.load(bias_ptr).to(ACC)
 
     acc_k = tl.zeros((C_PAD, T_PAD), ACC)
     acc_v = tl.zeros((CV_PAD, T_PAD), ACC)
@@ -320,20 +287,6 @@ def _backward_kernel(
 # --------------------------------------------------------------------------------------------
 # Host side: the kernels of csrc/ops.cpp
 # --------------------------------------------------------------------------------------------
-
-_ACC = {torch.float16: tl.float32, torch.bfloat16: tl.float32, torch.float32: tl.float32,
-        torch.float64: tl.float64}
-
-
-def _pad(x):
-    return max(16, triton.next_power_of_2(max(int(x), 1)))
-
-
-def _precision(dtype):
-    if dtype == torch.float32:
-        return fp32_precision()
-    return "tf32"  # fp16/bf16 values are exact in TF32; the fp32 intermediates round like fp16
-
 
 def _pixel_strides(t):
     """(s_c, s_y, s_x, flat): flat when the pixel n = y*W + x sits at n * s_x."""
@@ -423,7 +376,7 @@ def dynamic_memory_forward(h, o, key, value, mask, gate_weight, gate_bias, scale
     use_o = not has_attn
     hs = _pixel_strides(h)
     os_ = _pixel_strides(o) if use_o else (0, 0, 0, True)
-    c_pad, cv_pad = _pad(channels), _pad(out_ch)
+    c_pad, cv_pad = pad(channels), pad(out_ch)
     cfg, per_sm = _config(max(c_pad, cv_pad), h.is_cuda, False, dtype)
 
     def given(t):  # absent operands: any pointer, never read (the constexpr flags say so)
@@ -438,8 +391,7 @@ def dynamic_memory_forward(h, o, key, value, mask, gate_weight, gate_bias, scale
         HAS_ATTN=has_attn, HAS_MASK=mask is not None, MASK_COMPAT=bool(mask_compat),
         HAS_GATE=has_gate, RETURN_ATTN=attn.numel() > 0, RETURN_GATE=gate.numel() > 0,
         H_FLAT=hs[3], O_FLAT=os_[3],
-        C_PAD=c_pad, CV_PAD=cv_pad, T_PAD=_pad(slots), ACC=_ACC[dtype],
-        USE_DOT=dtype != torch.float64, PREC=_precision(dtype), **cfg)
+        C_PAD=c_pad, CV_PAD=cv_pad, T_PAD=pad(slots), **dot_meta(dtype), **cfg)
     return out, lse, attn, gate
 
 
@@ -462,7 +414,7 @@ def dynamic_memory_backward(grad_out, grad_attn, grad_gate, h, o, key, value, ma
 
     acc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     atomic = not deterministic()
-    c_pad, cv_pad = _pad(channels), _pad(out_ch)
+    c_pad, cv_pad = pad(channels), pad(out_ch)
     cfg, per_sm = _config(max(c_pad, cv_pad), h.is_cuda, True, dtype)
     progs = _programs_per_batch(triton.cdiv(n_pixels, cfg["BLOCK_N"]), batch, dev, per_sm) \
         if batch * n_pixels else 0
@@ -502,8 +454,7 @@ def dynamic_memory_backward(grad_out, grad_attn, grad_gate, h, o, key, value, ma
             HAS_GATE=has_gate, HAS_GATTN=grad_attn is not None,
             HAS_GGATE=grad_gate is not None, H_FLAT=hs[3], O_FLAT=os_[3], G_FLAT=gs[3],
             USE_LSE=BACKWARD_USES_LSE and dtype != torch.float64, ATOMIC=atomic,
-            C_PAD=c_pad, CV_PAD=cv_pad, T_PAD=_pad(slots), ACC=_ACC[dtype],
-            USE_DOT=dtype != torch.float64, PREC=_precision(dtype), **cfg)
+            C_PAD=c_pad, CV_PAD=cv_pad, T_PAD=pad(slots), **dot_meta(dtype), **cfg)
 
     if not has_attn:
         dkey, dvalue = _absent(h), _absent(h)

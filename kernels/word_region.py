@@ -34,7 +34,11 @@ overflow shared memory. Any launch that still overflows it retries with half the
 and at 16 with IEEE instead of 3xTF32 dots (same accuracy, fewer operand copies).
 
 Precision as in dynamic_memory.py: fp32 (fp64) arithmetic, dots on float32 operands (TF32
-for fp16/bf16 inputs, FP32_PRECISION for fp32), broadcast-and-sum for float64.
+for fp16/bf16 inputs, _common.FP32_PRECISION for fp32), broadcast-and-sum for float64.
+
+Limits. |gamma1| <= GAMMA1_LIMIT (above). Caption lengths are clamped into [0, T], so no length
+value reads out of bounds. D and T size the register tiles (D_PAD x BLOCK_R, D_PAD x T_PAD); a
+launch that overflows shared memory retries with smaller tiles (_launch).
 
 Memory traffic (E bytes per element, P = Bi*Bc pairs): similarity forward reads D*R*E per
 pair (L2-resident: from DRAM about Bi*D*R*E + Bc*D*T*E) and writes P*(E + 4*T). Backward
@@ -48,8 +52,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .dynamic_memory import _ACC, _masked_softmax, _mm, _pad, _precision, deterministic
+from ._common import _arange, _masked_softmax, _mm, deterministic, dot_meta, pad
 
+# The region softmax runs without a running maximum (see above), which keeps exp(gamma1 * a) in
+# float32 range for |gamma1| <= GAMMA1_LIMIT only. The backend table (t2i_fast/backends.py) reads
+# this limit and sends calls beyond it elsewhere before they reach these kernels.
 GAMMA1_LIMIT = 80.0
 
 
@@ -74,11 +81,12 @@ def _word_softmax(reg, w, valid, USE_DOT: tl.constexpr, PREC: tl.constexpr):
 
 
 @triton.jit
-def _context_sweep(reg_base, s_d, s_r, R, w, d, d_ok, t, t_ok, word_ok, gamma1, off,
-                   ga_base, s_ga_t, s_ga_r, HAS_GATTN: tl.constexpr,
-                   BLOCK_R: tl.constexpr, D_PAD: tl.constexpr, T_PAD: tl.constexpr,
-                   ACC: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr):
-    """Unnormalised context sum_r r e^T [D, T], sum_r e [T] and sum_r e * grad_attn [T]."""
+def _context(reg_base, s_d, s_r, R, w, d, d_ok, t, t_ok, word_ok, gamma1, off,
+             ga_base, s_ga_t, s_ga_r, HAS_GATTN: tl.constexpr,
+             BLOCK_R: tl.constexpr, D_PAD: tl.constexpr, T_PAD: tl.constexpr,
+             ACC: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr):
+    """One sweep over the regions: the context c [D, T], lse [T] (+inf for padded words, whose
+    sum is 0), the normaliser sum_r e [T] (1 where it is 0) and sum_r e * grad_attn [T]."""
     ctx = tl.zeros((D_PAD, T_PAD), ACC)
     total = tl.zeros((T_PAD,), ACC)
     ga = tl.zeros((T_PAD,), ACC)
@@ -93,15 +101,9 @@ def _context_sweep(reg_base, s_d, s_r, R, w, d, d_ok, t, t_ok, word_ok, gamma1, 
             gat = tl.load(ga_base + t[None, :] * s_ga_t + r[:, None] * s_ga_r,
                           mask=r_ok[:, None] & t_ok[None, :], other=0.0).to(ACC)
             ga += tl.sum(e * gat, axis=0)
-    return ctx, total, ga
-
-
-@triton.jit
-def _normalise(ctx, total, off):
-    """Context c [D, T] and lse [T] (+inf for padded words, whose sum is 0)."""
     safe = tl.where(total > 0, total, 1.0)
     lse = tl.where(total > 0, off + tl.log(safe), float("inf"))
-    return ctx / safe[None, :], lse, safe
+    return ctx / safe[None, :], lse, safe, ga
 
 
 @triton.jit
@@ -147,6 +149,12 @@ def _tile_backward(reg, r_ok, w, word_ok, gc, delta, lse, gamma1, gat,
 
 
 @triton.jit
+def _caption_words(lens_ptr, i, t, T):
+    """The real words of caption i: the slots below its length clamped into [0, T]."""
+    return t < tl.minimum(tl.maximum(tl.load(lens_ptr + i), 0), T)
+
+
+@triton.jit
 def _load_words(base, d, d_ok, t, word_ok, s_d, s_t, ACC: tl.constexpr):
     return tl.load(base + d[:, None] * s_d + t[None, :] * s_t,
                    mask=d_ok[:, None] & word_ok[None, :], other=0.0).to(ACC)        # [D, T]
@@ -166,16 +174,13 @@ def _similarity_forward_kernel(
     pid = tl.program_id(0).to(tl.int64)
     j = pid // Bc  # consecutive programs share image j: its tiles stay in L2
     i = pid % Bc
-    d = tl.arange(0, D_PAD)
-    d_ok = d < D
-    t = tl.arange(0, T_PAD)
-    t_ok = t < T
-    word_ok = t < tl.load(lens_ptr + i)
+    d, d_ok = _arange(D_PAD, D)
+    t, t_ok = _arange(T_PAD, T)
+    word_ok = _caption_words(lens_ptr, i, t, T)
     w = _load_words(words_ptr + i * s_wb, d, d_ok, t, word_ok, s_wd, s_wt, ACC)
-    ctx, total, _ = _context_sweep(reg_ptr + j * s_rb, s_rd, s_rr, R, w, d, d_ok, t, t_ok,
-                                   word_ok, gamma1, off, reg_ptr, 0, 0, False,
-                                   BLOCK_R, D_PAD, T_PAD, ACC, USE_DOT, PREC)
-    c, lse, _ = _normalise(ctx, total, off)
+    c, lse, _, _ = _context(reg_ptr + j * s_rb, s_rd, s_rr, R, w, d, d_ok, t, t_ok, word_ok,
+                            gamma1, off, reg_ptr, 0, 0, False,
+                            BLOCK_R, D_PAD, T_PAD, ACC, USE_DOT, PREC)
     sim, _, _, _, _, _ = _cosine(w, c, word_ok, gamma2)
     tl.store(sim_ptr + pid, sim.to(sim_ptr.dtype.element_ty))
     tl.store(lse_ptr + pid * T + t, lse.to(tl.float32), mask=t_ok)
@@ -191,10 +196,8 @@ def _similarity_backward_kernel(
         ACC: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     grp = tl.program_id(1).to(tl.int64)
-    d = tl.arange(0, D_PAD)
-    d_ok = d < D
-    t = tl.arange(0, T_PAD)
-    t_ok = t < T
+    d, d_ok = _arange(D_PAD, D)
+    t, t_ok = _arange(T_PAD, T)
     if MODE == 0:
         count = Bc
     elif MODE == 1:
@@ -212,13 +215,12 @@ def _similarity_backward_kernel(
         else:
             j = pid // Bc
             i = pid % Bc
-        word_ok = t < tl.load(lens_ptr + i)
+        word_ok = _caption_words(lens_ptr, i, t, T)
         w = _load_words(words_ptr + i * s_wb, d, d_ok, t, word_ok, s_wd, s_wt, ACC)
         reg_base = reg_ptr + j * s_rb
-        ctx, total, _ = _context_sweep(reg_base, s_rd, s_rr, R, w, d, d_ok, t, t_ok, word_ok,
-                                       gamma1, off, reg_ptr, 0, 0, False,
-                                       BLOCK_R, D_PAD, T_PAD, ACC, USE_DOT, PREC)
-        c, lse, _ = _normalise(ctx, total, off)
+        c, lse, _, _ = _context(reg_base, s_rd, s_rr, R, w, d, d_ok, t, t_ok, word_ok,
+                                gamma1, off, reg_ptr, 0, 0, False,
+                                BLOCK_R, D_PAD, T_PAD, ACC, USE_DOT, PREC)
         grad_s = tl.load(gs_ptr + j * s_gj + i * s_gi).to(ACC)
         gw, gc = _cosine_backward(w, c, word_ok, gamma2, grad_s)
         delta = tl.sum(gc * c, axis=0)
@@ -255,11 +257,16 @@ def _similarity_backward_kernel(
 # --------------------------------------------------------------------------------------------
 
 @triton.jit
-def _word_mask(mask_ptr, b, t, T, HAS_MASK: tl.constexpr):
-    ok = t < T
+def _pair_words(words_ptr, mask_ptr, b, D, T, s_wb, s_wd, s_wt, HAS_MASK: tl.constexpr,
+                D_PAD: tl.constexpr, T_PAD: tl.constexpr, ACC: tl.constexpr):
+    """The index ranges, the real words of pair b (not padded by word_mask) and its words w."""
+    d, d_ok = _arange(D_PAD, D)
+    t, t_ok = _arange(T_PAD, T)
+    word_ok = t_ok
     if HAS_MASK:
-        ok = ok & (tl.load(mask_ptr + b * T + t, mask=t < T, other=1) == 0)
-    return ok
+        word_ok = word_ok & (tl.load(mask_ptr + b * T + t, mask=t_ok, other=1) == 0)
+    w = _load_words(words_ptr + b * s_wb, d, d_ok, t, word_ok, s_wd, s_wt, ACC)
+    return d, d_ok, t, t_ok, word_ok, w
 
 
 @triton.jit
@@ -270,17 +277,12 @@ def _attention_forward_kernel(
         HAS_MASK: tl.constexpr, BLOCK_R: tl.constexpr, D_PAD: tl.constexpr,
         T_PAD: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
-    d = tl.arange(0, D_PAD)
-    d_ok = d < D
-    t = tl.arange(0, T_PAD)
-    t_ok = t < T
-    word_ok = _word_mask(mask_ptr, b, t, T, HAS_MASK)
-    w = _load_words(words_ptr + b * s_wb, d, d_ok, t, word_ok, s_wd, s_wt, ACC)
+    d, d_ok, t, t_ok, word_ok, w = _pair_words(words_ptr, mask_ptr, b, D, T, s_wb, s_wd, s_wt,
+                                               HAS_MASK, D_PAD, T_PAD, ACC)
     reg_base = reg_ptr + b * s_rb
-    ctx, total, _ = _context_sweep(reg_base, s_rd, s_rr, R, w, d, d_ok, t, t_ok, word_ok,
-                                   gamma1, off, reg_ptr, 0, 0, False,
-                                   BLOCK_R, D_PAD, T_PAD, ACC, USE_DOT, PREC)
-    c, lse, _ = _normalise(ctx, total, off)
+    c, lse, _, _ = _context(reg_base, s_rd, s_rr, R, w, d, d_ok, t, t_ok, word_ok,
+                            gamma1, off, reg_ptr, 0, 0, False,
+                            BLOCK_R, D_PAD, T_PAD, ACC, USE_DOT, PREC)
     tl.store(ctx_ptr + b * D * T + d[:, None] * T + t[None, :],
              c.to(ctx_ptr.dtype.element_ty), mask=d_ok[:, None] & t_ok[None, :])
     tl.store(lse_ptr + b * T + t, lse.to(tl.float32), mask=t_ok)
@@ -303,20 +305,15 @@ def _attention_backward_kernel(
         WANT_DW: tl.constexpr, BLOCK_R: tl.constexpr, D_PAD: tl.constexpr,
         T_PAD: tl.constexpr, ACC: tl.constexpr, USE_DOT: tl.constexpr, PREC: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
-    d = tl.arange(0, D_PAD)
-    d_ok = d < D
-    t = tl.arange(0, T_PAD)
-    t_ok = t < T
-    word_ok = _word_mask(mask_ptr, b, t, T, HAS_MASK)
-    w = _load_words(words_ptr + b * s_wb, d, d_ok, t, word_ok, s_wd, s_wt, ACC)
+    d, d_ok, t, t_ok, word_ok, w = _pair_words(words_ptr, mask_ptr, b, D, T, s_wb, s_wd, s_wt,
+                                               HAS_MASK, D_PAD, T_PAD, ACC)
     # A padded word's context and attention are constant zeros: its gradients are dropped.
     gc = _load_words(gctx_ptr + b * s_cb, d, d_ok, t, word_ok, s_cd, s_ct, ACC)
     reg_base = reg_ptr + b * s_rb
     ga_base = gattn_ptr + b * s_ab
-    ctx, total, ga = _context_sweep(reg_base, s_rd, s_rr, R, w, d, d_ok, t, t_ok, word_ok,
-                                    gamma1, off, ga_base, s_at, s_ar, HAS_GATTN,
-                                    BLOCK_R, D_PAD, T_PAD, ACC, USE_DOT, PREC)
-    c, lse, safe = _normalise(ctx, total, off)
+    c, lse, safe, ga = _context(reg_base, s_rd, s_rr, R, w, d, d_ok, t, t_ok, word_ok,
+                                gamma1, off, ga_base, s_at, s_ar, HAS_GATTN,
+                                BLOCK_R, D_PAD, T_PAD, ACC, USE_DOT, PREC)
     delta = tl.sum(gc * c, axis=0) + ga / safe
     dw_acc = tl.zeros((D_PAD, T_PAD), ACC)
     for r0 in range(0, R, BLOCK_R):
@@ -349,7 +346,7 @@ def _config(dim, on_gpu, backward=False):
     num_stages=1: the region tiles come from L2 and a software pipeline would only multiply
     the shared memory that the dots' fp32 operands already need.
     """
-    d_pad = _pad(dim)
+    d_pad = pad(dim)
     if not on_gpu:  # several region tiles even at R <= 25, so the sweep loops are tested
         return dict(BLOCK_R=16, D_PAD=d_pad, num_warps=4, num_stages=1)
     # Measured on an H100 at D = 256, T = 18: 16-region tiles; 8 warps halve the backward's
@@ -374,9 +371,7 @@ def _launch(kernel, grid, args, meta):
 
 
 def _offset(gamma1):
-    if not abs(gamma1) <= GAMMA1_LIMIT:
-        raise ValueError(f"word_region kernels: |gamma1| must be <= {GAMMA1_LIMIT} (the region "
-                         f"softmax runs without a running maximum), got {gamma1}")
+    """The shift of the region softmax's exponent: gamma1 * a <= max(gamma1, 0) as 0 <= a <= 1."""
     return max(float(gamma1), 0.0)
 
 
@@ -386,11 +381,6 @@ def _groups(fixed, count, device):
         return min(count, 2)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     return max(1, min(count, 4, triton.cdiv(sms, fixed)))
-
-
-def _common(x):
-    dtype = x.dtype
-    return dict(ACC=_ACC[dtype], USE_DOT=dtype != torch.float64, PREC=_precision(dtype))
 
 
 def word_region_similarity_forward(regions, words, cap_lens, gamma1, gamma2):
@@ -406,7 +396,7 @@ def word_region_similarity_forward(regions, words, cap_lens, gamma1, gamma2):
     _launch(_similarity_forward_kernel, (n_img * n_cap,), (
         regions, words, lens, sim, lse, n_cap, dim, n_reg, slots, float(gamma1), float(gamma2),
         off, *regions.stride(), *words.stride()),
-        dict(T_PAD=_pad(slots), **cfg, **_common(regions)))
+        dict(T_PAD=pad(slots), **cfg, **dot_meta(regions.dtype)))
     return sim, lse
 
 
@@ -423,7 +413,7 @@ def word_region_similarity_backward(grad_s, regions, words, cap_lens, lse, gamma
     args = (grad_s, regions, words, lens)
     scalars = (n_img, n_cap, dim, n_reg, slots)
     strides = (*grad_s.stride(), *regions.stride(), *words.stride())
-    meta = dict(T_PAD=_pad(slots), **cfg, **_common(regions))
+    meta = dict(T_PAD=pad(slots), **cfg, **dot_meta(regions.dtype))
     gm = (float(gamma1), float(gamma2), off)
     if not deterministic():
         d_reg = torch.zeros((n_img, dim, n_reg), device=dev, dtype=acc_dtype)
@@ -443,22 +433,28 @@ def word_region_similarity_backward(grad_s, regions, words, cap_lens, lse, gamma
     return part_reg.sum(0).to(dtype), part_words.sum(0).to(dtype)
 
 
+def _attention_launch(words, word_mask, backward):
+    """The word mask as bytes (any pointer when absent) and the meta-parameters of the
+    attention kernels."""
+    mask = word_mask.contiguous().view(torch.uint8) if word_mask is not None else words
+    meta = dict(HAS_MASK=word_mask is not None, T_PAD=pad(words.shape[2]),
+                **_config(words.shape[1], words.is_cuda, backward), **dot_meta(words.dtype))
+    return mask, meta
+
+
 def word_region_attention_forward(words, regions, word_mask, gamma1):
     batch, dim, slots = words.shape
     n_reg = regions.shape[2]
-    dev, dtype = words.device, words.dtype
     off = _offset(gamma1)
-    context = torch.empty((batch, dim, slots), device=dev, dtype=dtype)
-    attn = torch.empty((batch, slots, n_reg), device=dev, dtype=dtype)
-    lse = torch.empty((batch, slots), device=dev, dtype=torch.float32)
+    context = words.new_empty((batch, dim, slots))
+    attn = words.new_empty((batch, slots, n_reg))
+    lse = words.new_empty((batch, slots), dtype=torch.float32)
     if batch * slots == 0:
         return context, attn, lse
-    mask = word_mask.contiguous().view(torch.uint8) if word_mask is not None else words
-    cfg = _config(dim, words.is_cuda)
+    mask, meta = _attention_launch(words, word_mask, backward=False)
     _launch(_attention_forward_kernel, (batch,), (
         words, regions, mask, context, attn, lse, dim, n_reg, slots, float(gamma1), off,
-        *words.stride(), *regions.stride()),
-        dict(HAS_MASK=word_mask is not None, T_PAD=_pad(slots), **cfg, **_common(words)))
+        *words.stride(), *regions.stride()), meta)
     return context, attn, lse
 
 
@@ -466,24 +462,19 @@ def word_region_attention_backward(grad_context, grad_attn, words, regions, word
                                    gamma1):
     batch, dim, slots = words.shape
     n_reg = regions.shape[2]
-    dev, dtype = words.device, words.dtype
-    off = _offset(gamma1)
-    d_words = torch.empty((batch, dim, slots), device=dev, dtype=dtype)
-    d_regions = torch.empty((batch, dim, n_reg), device=dev, dtype=dtype)
+    d_words, d_regions = words.new_empty((batch, dim, slots)), words.new_empty((batch, dim, n_reg))
     if batch * slots == 0:
         return d_words.zero_(), d_regions.zero_()
-    mask = word_mask.contiguous().view(torch.uint8) if word_mask is not None else words
+    mask, meta = _attention_launch(words, word_mask, backward=True)
     gattn = grad_attn if grad_attn is not None else words
-    cfg = _config(dim, words.is_cuda, backward=True)
     # Wide D: the five dots' operands overflow shared memory in one kernel, so the two
     # gradients take a launch each (both redo the first sweep; B programs only).
-    parts = ((True, True),) if cfg["D_PAD"] <= 64 else ((True, False), (False, True))
+    parts = ((True, True),) if meta["D_PAD"] <= 64 else ((True, False), (False, True))
     for want_dreg, want_dw in parts:
         _launch(_attention_backward_kernel, (batch,), (
             grad_context, gattn, words, regions, mask, d_words, d_regions, dim, n_reg, slots,
-            float(gamma1), off, *grad_context.stride(),
+            float(gamma1), _offset(gamma1), *grad_context.stride(),
             *(grad_attn.stride() if grad_attn is not None else (0, 0, 0)),
-            *words.stride(), *regions.stride()), dict(
-            HAS_MASK=word_mask is not None, HAS_GATTN=grad_attn is not None,
-            WANT_DREG=want_dreg, WANT_DW=want_dw, T_PAD=_pad(slots), **cfg, **_common(words)))
+            *words.stride(), *regions.stride()),
+            dict(meta, HAS_GATTN=grad_attn is not None, WANT_DREG=want_dreg, WANT_DW=want_dw))
     return d_words, d_regions

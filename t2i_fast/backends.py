@@ -1,29 +1,40 @@
-"""The backend registry: one dispatch rule, in one place.
+"""The backend registry: one table of backends and one dispatch rule, in one place.
 
-Backends: `reference` (pure PyTorch, any device and dtype), `cpu` (C++ kernels in t2i_fast._C),
-`cuda` (CUDA kernels in t2i_fast._C), `triton` (kernels in t2i_fast.kernels; on CPU tensors only
-under TRITON_INTERPRET=1). Every fast backend implements the kernels named by the schemas in
-csrc/ops.cpp with the same signatures.
+Each record of `TABLE` says where a backend's kernels run (device types and dtypes), what it
+needs to be available (`needs`), which calls are out of its range (`limits`, read from the
+kernels' own constants), and how its kernels are reached. Dispatch, `python -m t2i_fast.info`,
+the tests and the benchmarks read only this table; adding a backend touches this file and its
+kernels.
 
 Choice, first match wins: `impl=` on the call, then `use_backend(...)`, then the environment
-variable T2I_FAST_BACKEND, then `auto`. An explicitly named backend that cannot run raises
-`BackendUnavailable` with the reasons; `auto` takes the first available backend of the device's
-order and warns once when it had to pass over the preferred one.
+variable T2I_FAST_BACKEND, then `auto`. A backend named explicitly that cannot run a call raises
+`BackendUnavailable` with the reasons. `auto` walks the order of the tensors' device and takes
+the first backend that can run the call, warning once per (op, device, reason) when it passes one
+over. Calls on empty tensors (some input with no elements) always run the reference: the result
+is the same defined empty output whichever backend was asked for.
+
+The auto order for CUDA tensors is earned: a backend is chosen automatically only for the ops
+whose GPU tests passed in a committed record under benchmarks/results/, ordered by the measured
+times where the records have them, and the reference comes last. `t2i_fast/validation.json`
+holds that order; benchmarks/validation.py derives it from the records, and a test checks that
+the two agree.
 """
 import contextlib
 import functools
 import importlib
+import json
 import os
 import threading
 import warnings
+from dataclasses import dataclass
+from importlib import resources
+from typing import Callable, Dict, Mapping, Tuple
 
 import torch
 
 from t2i_fast import _ext
 
-BACKENDS = ("reference", "cpu", "triton", "cuda")
-
-# Public op -> the kernel family (schema name stem in csrc/ops.cpp) and its Triton module.
+# Public op -> its kernel family (the schema stem in csrc/ops.cpp).
 KERNELS = {
     "memory_read": "dynamic_memory",
     "response_gate": "dynamic_memory",
@@ -36,34 +47,193 @@ TRITON_MODULES = {
     "word_region_attention": "t2i_fast.kernels.word_region",
     "word_region_similarity": "t2i_fast.kernels.word_region",
 }
-
-# Auto order per device type. For CUDA tensors the fastest measured backend goes first
-# (benchmarks/results/); ops missing here use the default order.
-AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
-AUTO_ORDER_CUDA_BY_OP = {}
+# What the ops pass to `limits`: batch sizes, word slots T and gamma1 of the call.
+CALL_SIZES = {
+    "memory_read": ("batch", "slots"),
+    "response_gate": ("batch",),
+    "dynamic_memory": ("batch", "slots"),
+    "word_region_attention": ("batch", "slots", "gamma1"),
+    "word_region_similarity": ("images", "captions", "slots", "gamma1"),
+}
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-DTYPES = {
-    ("reference", "cpu"): _FLOATS, ("reference", "cuda"): _FLOATS,
-    ("cpu", "cpu"): _FLOATS,
-    ("cuda", "cuda"): (torch.float16, torch.bfloat16, torch.float32),
-    # The Triton interpreter computes bf16 dots wrongly; on a GPU fp64 is not offered.
-    ("triton", "cpu"): (torch.float16, torch.float32, torch.float64),
-    ("triton", "cuda"): (torch.float16, torch.bfloat16, torch.float32),
-}
+
+
+class UnknownBackend(ValueError):
+    """A backend name that is not in the table."""
 
 
 class BackendUnavailable(RuntimeError):
     """An explicitly requested backend cannot run the op on these inputs."""
 
 
+# --------------------------------------------------------------------------------------------
+# What each backend needs and where its limits come from
+# --------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _triton_module(family):
+    try:
+        return importlib.import_module(TRITON_MODULES[family]), None
+    except ImportError as err:  # triton missing
+        return None, f"cannot import {TRITON_MODULES[family]} ({err})"
+
+
+def _extension_needs(dispatch_key):
+    def needs(family, device_type):
+        module, why = _ext.load()
+        if module is None:
+            return (why,)
+        if dispatch_key == "CUDA" and not _ext.build_info().get("cuda"):
+            return ("t2i_fast._C was built without CUDA (T2I_FAST_CUDA=0 or no nvcc)",)
+        if not _ext.has_kernel(f"{family}_forward", dispatch_key):
+            return (f"no {dispatch_key} kernel for {family} in t2i_fast._C",)
+        return ()
+    return needs
+
+
+def _triton_needs(family, device_type):
+    if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return ("triton runs on CPU tensors only with TRITON_INTERPRET=1",)
+    module, why = _triton_module(family)
+    return (why,) if module is None else ()
+
+
+def _no_limits(op, call):
+    return ()
+
+
+def _cuda_limits(op, call):
+    """The CUDA kernels keep T scores in registers (at most `cuda_max_slots`) and put batches on
+    a grid dimension (at most `cuda_max_batch`); both numbers come from t2i_fast._C."""
+    info = _ext.build_info()
+    max_slots, max_batch = info.get("cuda_max_slots"), info.get("cuda_max_batch")
+    if max_slots is None or max_batch is None:
+        return ("t2i_fast._C does not report its CUDA limits: rebuild it with "
+                "pip install -e . --no-build-isolation",)
+    reasons = []
+    if call.get("slots", 0) > max_slots:
+        reasons.append(f"T = {call['slots']} word slots > {max_slots}, the CUDA kernels' limit")
+    for name in ("batch", "images", "captions"):
+        if call.get(name, 0) > max_batch:
+            reasons.append(f"{name} = {call[name]} > {max_batch}, the CUDA grid limit")
+    return tuple(reasons)
+
+
+def _triton_limits(op, call):
+    """The word-region kernels skip the region softmax's running maximum, which keeps
+    exp(gamma1 * a) in float32 only for |gamma1| <= GAMMA1_LIMIT."""
+    if "gamma1" not in call:
+        return ()
+    module, _ = _triton_module(KERNELS[op])
+    limit = module.GAMMA1_LIMIT
+    if not abs(call["gamma1"]) <= limit:
+        return (f"|gamma1| = {abs(call['gamma1']):g} > {limit:g}, the Triton kernels' range",)
+    return ()
+
+
+def _cuda_limit_text():
+    info = _ext.build_info()
+    if "cuda_max_slots" not in info:
+        return "unknown: t2i_fast._C does not report them"
+    return (f"T <= {info['cuda_max_slots']} word slots; batch, images and captions <= "
+            f"{info['cuda_max_batch']}")
+
+
+def _triton_limit_text():
+    module, why = _triton_module("word_region_similarity")
+    if module is None:
+        return f"unknown: {why}"
+    return f"word-region ops: |gamma1| <= {module.GAMMA1_LIMIT:g}"
+
+
+def _extension_kernel(name):
+    return _ext.op(name)
+
+
+def _triton_kernel(name):
+    family = name.rsplit("_", 1)[0]
+    module, why = _triton_module(family)
+    if module is None:
+        raise BackendUnavailable(why)
+    return getattr(module, name)
+
+
+# --------------------------------------------------------------------------------------------
+# The table
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    dtypes: Mapping[str, Tuple[torch.dtype, ...]]    # device type -> dtypes its kernels take
+    needs: Callable[[str, str], Tuple[str, ...]]     # (family, device type) -> why not loadable
+    limits: Callable[[str, Dict], Tuple[str, ...]]   # (op, call sizes) -> why out of range
+    kernel: Callable[[str], Callable]                # schema name of csrc/ops.cpp -> callable
+    reached: str                                     # where the kernels live, for `info`
+    limit_text: Callable[[], str] = lambda: "none"   # `limits` in words, for `info`
+
+
+TABLE = {
+    "reference": Backend(
+        "reference", {"cpu": _FLOATS, "cuda": _FLOATS}, lambda family, device: (), _no_limits,
+        None, "pure PyTorch in t2i_fast/ops (the executable specification)"),
+    "cpu": Backend(
+        "cpu", {"cpu": _FLOATS}, _extension_needs("CPU"), _no_limits, _extension_kernel,
+        "C++ kernels with OpenMP, torch.ops.t2i_fast_C (csrc/cpu/)"),
+    # The Triton interpreter computes bf16 dots wrongly; float64 is not offered on a GPU.
+    "triton": Backend(
+        "triton", {"cpu": (torch.float16, torch.float32, torch.float64),
+                   "cuda": (torch.float16, torch.bfloat16, torch.float32)},
+        _triton_needs, _triton_limits, _triton_kernel, "Triton kernels, t2i_fast.kernels",
+        _triton_limit_text),
+    "cuda": Backend(
+        "cuda", {"cuda": (torch.float16, torch.bfloat16, torch.float32)},
+        _extension_needs("CUDA"), _cuda_limits, _extension_kernel,
+        "CUDA kernels, torch.ops.t2i_fast_C (csrc/cuda/)", _cuda_limit_text),
+}
+BACKENDS = tuple(TABLE)
+DEVICES = ("cpu", "cuda")
+
+# The order `auto` walks on CPU tensors; CUDA tensors follow the validation record.
+CPU_ORDER = ("cpu", "reference")
+VALIDATION_FILE = "validation.json"
+
+
+@functools.lru_cache(maxsize=None)
+def validation():
+    """The GPU validation record of the package (see benchmarks/validation.py)."""
+    text = resources.files("t2i_fast").joinpath(VALIDATION_FILE).read_text()
+    return json.loads(text)
+
+
+def auto_order(op, device_type):
+    """The backends `auto` tries for `op` on `device_type` tensors, first to last."""
+    if device_type == "cuda":
+        return tuple(validation()["auto_order_cuda"].get(op, ())) + ("reference",)
+    if device_type == "cpu":
+        return CPU_ORDER
+    return ("reference",)
+
+
+# --------------------------------------------------------------------------------------------
+# Requests and the dispatch rule
+# --------------------------------------------------------------------------------------------
+
 _local = threading.local()
+
+
+def check_name(name, where):
+    if name not in BACKENDS + ("auto",):
+        raise UnknownBackend(f"{where}: backend must be one of {BACKENDS + ('auto',)}, "
+                             f"got {name!r}")
+    return name
 
 
 @contextlib.contextmanager
 def use_backend(name):
     """Run the ops inside the block on backend `name` ('auto' restores automatic choice)."""
-    _check_name(name, "use_backend")
+    check_name(name, "use_backend")
     stack = _local.__dict__.setdefault("stack", [])
     stack.append(name)
     try:
@@ -72,92 +242,98 @@ def use_backend(name):
         stack.pop()
 
 
-def _check_name(name, where):
-    if name not in BACKENDS + ("auto",):
-        raise ValueError(f"{where}: backend must be one of {BACKENDS + ('auto',)}, got {name!r}")
-
-
 def requested(impl=None):
     """The backend name in force for a call: impl=, context manager, env var, or 'auto'."""
     if impl is not None:
-        _check_name(impl, "impl")
-        return impl
+        return check_name(impl, "impl")
     stack = getattr(_local, "stack", None)
     if stack:
         return stack[-1]
-    env = os.environ.get("T2I_FAST_BACKEND", "auto") or "auto"
-    _check_name(env, "T2I_FAST_BACKEND")
-    return env
-
-
-@functools.lru_cache(maxsize=None)
-def _triton_module(family):
-    try:
-        return importlib.import_module(TRITON_MODULES[family]), None
-    except ImportError as err:  # triton missing, or the kernel module not written yet
-        return None, f"cannot import {TRITON_MODULES[family]} ({err})"
+    return check_name(os.environ.get("T2I_FAST_BACKEND", "auto") or "auto", "T2I_FAST_BACKEND")
 
 
 @functools.lru_cache(maxsize=None)
 def unavailable(backend, op, device_type, dtype):
-    """Reasons why `backend` cannot run `op` on `device_type` tensors of `dtype` (empty: it can)."""
+    """Why `backend` cannot run `op` on `device_type` tensors of `dtype` whatever their sizes
+    (empty: it can)."""
     if op not in KERNELS:
         raise ValueError(f"unknown op {op!r}; ops with backends: {sorted(KERNELS)}")
-    family = KERNELS[op]
+    record = TABLE[check_name(backend, "backend")] if backend != "auto" else None
+    if record is None:
+        raise ValueError("unavailable() takes a backend of the table, not 'auto'")
+    if device_type not in DEVICES:
+        return (f"tensors on {device_type!r}: t2i_fast supports {' and '.join(DEVICES)}",)
     reasons = []
-    if device_type not in ("cpu", "cuda"):
-        return (f"tensors on {device_type!r}: t2i_fast supports cpu and cuda",)
     if device_type == "cuda" and not torch.cuda.is_available():
         reasons.append("no CUDA device visible")
-    if (backend, device_type) not in DTYPES:
+    if device_type not in record.dtypes:
         reasons.append(f"{backend} does not run on {device_type} tensors")
-    elif dtype not in DTYPES[backend, device_type]:
+    elif dtype not in record.dtypes[device_type]:
         reasons.append(f"{backend} on {device_type} does not support {dtype}")
-    if backend in ("cpu", "cuda") and (backend, device_type) in DTYPES:
-        module, why = _ext.load()
-        if module is None:
-            reasons.append(why)
-        elif backend == "cuda" and not _ext.build_info().get("cuda"):
-            reasons.append("t2i_fast._C was built without CUDA (T2I_FAST_CUDA=0 or no nvcc)")
-        elif not _ext.has_kernel(f"{family}_forward", backend.upper()):
-            reasons.append(f"no {backend} kernel for {family} in t2i_fast._C")
-    if backend == "triton":
-        if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            reasons.append("triton runs on CPU tensors only with TRITON_INTERPRET=1")
-        else:
-            module, why = _triton_module(family)
-            if module is None:
-                reasons.append(why)
-            elif not hasattr(module, f"{family}_forward"):
-                reasons.append(f"{TRITON_MODULES[family]} has no {family}_forward")
+    else:
+        reasons.extend(record.needs(KERNELS[op], device_type))
     return tuple(reasons)
+
+
+def out_of_range(backend, op, call):
+    """Why this call (its sizes, see CALL_SIZES) is outside `backend`'s limits."""
+    return TABLE[backend].limits(op, call)
+
+
+def check_backend(name, device_type, dtype=torch.float32):
+    """Raise unless `name` ('auto' or a backend) can run every op on `device_type` tensors of
+    `dtype`: what a command checks before it starts work."""
+    check_name(name, "backend")
+    if name == "auto":
+        return
+    reasons = sorted({r for op in KERNELS for r in unavailable(name, op, device_type, dtype)})
+    if reasons:
+        raise BackendUnavailable(f"backend {name!r} cannot run on {device_type} {dtype} "
+                                 f"tensors: " + "; ".join(reasons))
 
 
 _warned = set()
 
 
-def select(op, device, dtype, impl=None):
-    """The backend that runs `op` for tensors on `device` of `dtype`."""
+def select(op, device, dtype, impl=None, empty=False, **call):
+    """The backend that runs `op` on tensors of `device` and `dtype` with the call sizes `call`.
+
+    `empty`: some input has no elements; the reference computes the (empty) result.
+    """
     name = requested(impl)
     device_type = torch.device(device).type
     if name != "auto":
         reasons = unavailable(name, op, device_type, dtype)
+        if not reasons and not empty:
+            reasons = out_of_range(name, op, call)
         if reasons:
-            raise BackendUnavailable(
-                f"{op}: backend {name!r} cannot run on {device_type} {dtype} tensors: "
-                + "; ".join(reasons))
-        return name
-    order = AUTO_ORDER_CUDA_BY_OP.get(op, AUTO_ORDER["cuda"]) if device_type == "cuda" \
-        else AUTO_ORDER.get(device_type, ("reference",))
-    for candidate in order:
-        if not unavailable(candidate, op, device_type, dtype):
-            if candidate != order[0] and (op, device_type, candidate) not in _warned:
-                _warned.add((op, device_type, candidate))
-                skipped = "; ".join(unavailable(order[0], op, device_type, dtype))
-                warnings.warn(f"t2i_fast: {op} on {device_type} uses the {candidate} backend "
-                              f"({order[0]} unavailable: {skipped})", stacklevel=3)
+            raise BackendUnavailable(f"{op}: backend {name!r} cannot run on {device_type} "
+                                     f"{dtype} tensors: " + "; ".join(reasons))
+        return "reference" if empty else name
+    if empty:
+        return "reference"
+    passed = []
+    for candidate in auto_order(op, device_type):
+        reasons = unavailable(candidate, op, device_type, dtype) or \
+            out_of_range(candidate, op, call)
+        if not reasons:
+            _warn_fallback(op, device_type, candidate, passed)
             return candidate
-    raise BackendUnavailable(f"{op}: no backend runs on {device_type} {dtype} tensors")
+        passed.append((candidate, reasons))
+    raise BackendUnavailable(f"{op}: no backend runs on {device_type} {dtype} tensors: " +
+                             "; ".join(f"{b}: {', '.join(r)}" for b, r in passed))
+
+
+def _warn_fallback(op, device_type, chosen, passed):
+    # Once per (op, device, passed-over backend, reasons): a training loop warns at its first
+    # step, not at every step.
+    for skipped, reasons in passed:
+        key = (op, device_type, skipped, reasons)
+        if key in _warned:
+            continue
+        _warned.add(key)
+        warnings.warn(f"t2i_fast: {op} on {device_type} runs on the {chosen} backend "
+                      f"({skipped} cannot: {'; '.join(reasons)})", stacklevel=4)
 
 
 # torch.compile evaluates the choice once, at trace time, and keeps the result as a constant.
@@ -168,12 +344,7 @@ select._dynamo_marked_constant = True
 
 def kernel(backend, name):
     """The kernel `name` (a schema of csrc/ops.cpp) of a fast backend."""
-    if backend in ("cpu", "cuda"):
-        return _ext.op(name)
-    if backend == "triton":
-        family = name.rsplit("_", 1)[0]
-        module, why = _triton_module(family)
-        if module is None:
-            raise BackendUnavailable(why)
-        return getattr(module, name)
-    raise ValueError(f"backend {backend!r} has no kernels")
+    if TABLE[backend].kernel is None:
+        raise ValueError(f"backend {backend!r} has no kernels")
+    return TABLE[backend].kernel(name)
+

@@ -27,17 +27,33 @@ def report():
         f"backend requested: {backends.requested()}",
         "",
     ]
-    devices = ["cpu", "cuda"]
+    lines.append("backends:")
+    for record in backends.TABLE.values():
+        dtypes = "; ".join(f"{device}: " + ", ".join(str(d).replace("torch.", "")
+                                                    for d in kinds)
+                           for device, kinds in record.dtypes.items())
+        lines += [f"  {record.name:9s} {record.reached}",
+                  f"            dtypes   {dtypes}",
+                  f"            limits   {record.limit_text()}"]
+    lines += ["", "ops on float32 tensors. 'auto N': the N-th backend that auto tries; 'explicit': "
+              "runs only when named (for CUDA tensors: until a committed GPU record validates "
+              "it, t2i_fast/validation.json)."]
     for op in backends.KERNELS:
         lines.append(op)
-        for device in devices:
-            for name in backends.BACKENDS:
+        for device in backends.DEVICES:
+            order = backends.auto_order(op, device)
+            rest = [name for name in backends.BACKENDS if name not in order]
+            for name in list(order) + rest:
                 reasons = backends.unavailable(name, op, device, torch.float32)
                 state = "available" if not reasons else "unavailable: " + "; ".join(reasons)
-                lines.append(f"  {device:4s} {name:9s} {state}")
+                rank = f"auto {order.index(name) + 1}" if name in order else "explicit"
+                lines.append(f"  {device:4s} {name:9s} {rank:8s} {state}")
     lines.append("damsm_word_loss: uses word_region_similarity; damsm_sentence_loss: torch ops")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    print(report())
+    import sys
+
+    from t2i_fast.errors import cli_main
+    sys.exit(cli_main(lambda argv: print(report())))

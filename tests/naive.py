@@ -1,7 +1,7 @@
 """Naive float64 loops, written independently of the ops, that check the reference math.
 
-One pixel (memory) or one caption-image pair (word-region) at a time, in plain Python over
-small tensors. Slow on purpose: use tiny inputs.
+One pixel (memory), one caption-image pair (word-region) or one logit (the DAMSM losses) at a
+time, in plain Python over small tensors. Slow on purpose: use tiny inputs.
 """
 import math
 
@@ -29,7 +29,7 @@ def memory_read(query, key, value, mask=None, scale=1.0, mask_compat=False):
     for b in range(batch):
         for n in range(n_pixels):
             row = (b * n_pixels + n) % batch if mask_compat else b
-            keep = [True] * slots if mask is None else [not bool(mask[row, t]) for t in range(slots)]
+            keep = [mask is None or not bool(mask[row, t]) for t in range(slots)]
             scores = [scale * float(q[b, :, n] @ key[b, :, t].double()) for t in range(slots)]
             alpha = _softmax(scores, keep)
             for t in range(slots):
@@ -87,3 +87,33 @@ def word_region_similarity(regions, words, cap_lens, gamma1, gamma2):
                 total += math.exp(gamma2 * cos)
             sim[j, i] = math.log(total)
     return sim
+
+
+def sentence_similarity(image_code, sent_code, eps=1e-8):
+    """(B, B) cosines of image i's code with sentence j's, the norm product clamped at eps."""
+    n = image_code.shape[0]
+    sim = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(n):
+        for j in range(n):
+            x, y = image_code[i].double(), sent_code[j].double()
+            sim[i, j] = float(x @ y) / max(float(x.norm() * y.norm()), eps)
+    return sim
+
+
+def matching_losses(sim, class_ids=None):
+    """The two mean cross-entropies of a (B, B) logit matrix whose row i is image i and column
+    j caption j, the right match on the diagonal: over each row (image -> caption), then over
+    each column (caption -> image); pairs i != j of the same class are no negatives."""
+    n = sim.shape[0]
+
+    def cross_entropy(logit):
+        total = 0.0
+        for i in range(n):
+            kept = [logit(i, j) for j in range(n)
+                    if j == i or class_ids is None or class_ids[i] != class_ids[j]]
+            top = max(kept)
+            total += top + math.log(sum(math.exp(v - top) for v in kept)) - logit(i, i)
+        return total / n
+
+    return (cross_entropy(lambda i, j: float(sim[i, j])),
+            cross_entropy(lambda i, j: float(sim[j, i])))

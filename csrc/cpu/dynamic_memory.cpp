@@ -4,13 +4,14 @@
 // Design. Each image's pixels are cut into blocks of kBlock; a block's rows of every operand sit
 // channel-major in small buffers of the accumulation type (float for half/bfloat16/float, double
 // for double), zero-padded to kBlock pixels, so every inner loop runs over whole vectors of
-// contiguous pixels. All products (scores, read-out and their gradients) are one register-tiled
-// routine, mix_rows; the sums over pixels (dkey, dvalue) use pixel-major transposes of the block,
-// so no loop needs a reassociated floating-point reduction. Blocks are copied in and out in
-// chunks of kChunkBlocks (long runs along each row of the inputs); runs of chunks of one image
-// form the work units that at::parallel_for spreads over threads. The block math is compiled for
-// the baseline ISA and for AVX2+FMA and chosen at run time, as the extension is built without
-// -march. The variants (read, gate, read then gate) are compile-time flags of one code path.
+// contiguous pixels. The math of one block is in dynamic_memory_block.h: all products (scores,
+// read-out and their gradients) are one register-tiled routine, mix_rows; the sums over pixels
+// (dkey, dvalue) use pixel-major transposes of the block, so no loop needs a reassociated
+// floating-point reduction. This file copies blocks in and out in chunks of kChunkBlocks (long
+// runs along each row of the inputs); runs of chunks of one image form the work units that
+// at::parallel_for spreads over threads. The block math is compiled for the baseline ISA and for
+// AVX2+FMA and chosen at run time, as the extension is built without -march. The variants (read,
+// gate, read then gate) are compile-time flags of one code path.
 //
 // Backward recomputes the scores from h and key and the attention from the forward's float32
 // lse (renormalised over the slots, which cancels lse's rounding for float64 inputs). With
@@ -28,8 +29,8 @@
 // Limits: GCC or Clang (vector extensions); float uses a polynomial exp (about 1 ulp), double
 // libm's; no double backward (the Python layer refuses it).
 #include "../dynamic_memory.h"
+#include "dynamic_memory_block.h"
 
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -37,495 +38,20 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
-#include <cstring>
 #include <limits>
 #include <tuple>
-#include <type_traits>
 #include <vector>
 
 namespace t2i_fast {
+namespace cpu {
 namespace {
 
-// 32 pixels is 4 AVX2 float vectors per buffer row: long enough for full-speed inner loops,
-// short enough that a block's buffers stay in L1 at C = 64.
-constexpr int64_t kBlock = 32;
 // Pixels are staged (copied in, math, copied out) in chunks of up to kChunkBlocks blocks.
 constexpr int64_t kChunkBlocks = 8;
 // Work units are runs of chunks of one image; backward keeps one partial sum per unit. About
 // this many units per call, whatever the thread count (so the results do not depend on it):
 // enough to balance many threads, few enough that the partials stay small.
 constexpr int64_t kTargetUnits = 256;
-
-#if !defined(__GNUC__)
-#error "the dynamic-memory CPU kernels need GCC or Clang vector extensions"
-#endif
-#define T2I_INLINE inline __attribute__((always_inline))
-
-#if defined(__x86_64__) || defined(__i386__)
-#define T2I_X86_DISPATCH 1
-bool have_avx2_fma() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
-}
-#else
-#define T2I_X86_DISPATCH 0
-#endif
-
-#if !defined(__clang__)
-// Internal always-inline helpers pass vectors by value; no ABI boundary is crossed.
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-
-// The block math is written with GCC/Clang vector extensions, for vectors of W bytes: W = 32
-// in the AVX2 entry points, 16 (SSE2) in the baseline ones, where 32-byte vectors would be
-// emulated and spill.
-template <typename acc_t, int W>
-struct Vec {
-  typedef acc_t type __attribute__((vector_size(W)));
-  static constexpr int64_t lanes = W / sizeof(acc_t);
-  static constexpr int64_t per_block = kBlock / lanes;  // vectors per row of kBlock pixels
-};
-
-template <typename V, typename acc_t>
-T2I_INLINE V vload(const acc_t* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
-}
-template <typename V, typename acc_t>
-T2I_INLINE void vstore(acc_t* p, const V& v) {
-  std::memcpy(p, &v, sizeof(V));
-}
-
-// Rounds a channel count up to whole 32-byte vectors: the pixel-major buffers use it as row
-// length so that their products need no scalar tail.
-template <typename acc_t>
-int64_t padded(int64_t n) {
-  constexpr int64_t L = Vec<acc_t, 32>::lanes;
-  return (n + L - 1) / L * L;
-}
-
-// A tile of RB rows x VB vectors of the product below, held in registers over the whole k loop.
-template <int W, int RB, int VB, bool kAccumulate, typename acc_t>
-T2I_INLINE void mix_tile(acc_t* __restrict out, int64_t ldo, const acc_t* __restrict coef,
-                         int64_t sk, int64_t sr, const acc_t* __restrict x, int64_t ldx,
-                         int64_t K) {
-  using V = typename Vec<acc_t, W>::type;
-  constexpr int64_t L = Vec<acc_t, W>::lanes;
-  V acc[RB][VB];
-  for (int i = 0; i < RB; ++i)
-    for (int v = 0; v < VB; ++v)
-      acc[i][v] = kAccumulate ? vload<V>(out + i * ldo + v * L) : V{};
-  for (int64_t k = 0; k < K; ++k) {
-    V xv[VB];
-    for (int v = 0; v < VB; ++v) xv[v] = vload<V>(x + k * ldx + v * L);
-    for (int i = 0; i < RB; ++i) {
-      const acc_t c = coef[k * sk + i * sr];
-      for (int v = 0; v < VB; ++v) acc[i][v] += c * xv[v];
-    }
-  }
-  for (int i = 0; i < RB; ++i)
-    for (int v = 0; v < VB; ++v) vstore(out + i * ldo + v * L, acc[i][v]);
-}
-
-// out[r*ldo + j] (+)= sum_k coef[k*sk + r*sr] * x[k*ldx + j] for r < R, j < len, len a whole
-// number of vectors. Every product of the kernels has this shape: len is kBlock for the
-// channel-major buffers and the padded C or Cv for the pixel-major ones. Tiles of 2 rows x 4
-// vectors use 8 accumulators + 4 operands, within AVX2's 16 registers.
-template <int W, bool kAccumulate, typename acc_t>
-T2I_INLINE void mix_rows(acc_t* out, int64_t ldo, int64_t R, const acc_t* coef, int64_t sk,
-                         int64_t sr, const acc_t* x, int64_t ldx, int64_t K, int64_t len) {
-  constexpr int64_t L = Vec<acc_t, W>::lanes;
-  int64_t j = 0;
-  for (; j + 4 * L <= len; j += 4 * L) {
-    int64_t r = 0;
-    for (; r + 2 <= R; r += 2)
-      mix_tile<W, 2, 4, kAccumulate>(out + r * ldo + j, ldo, coef + r * sr, sk, sr, x + j, ldx, K);
-    if (r < R)
-      mix_tile<W, 1, 4, kAccumulate>(out + r * ldo + j, ldo, coef + r * sr, sk, sr, x + j, ldx, K);
-  }
-  for (; j < len; j += L) {
-    int64_t r = 0;
-    for (; r + 2 <= R; r += 2)
-      mix_tile<W, 2, 1, kAccumulate>(out + r * ldo + j, ldo, coef + r * sr, sk, sr, x + j, ldx, K);
-    if (r < R)
-      mix_tile<W, 1, 1, kAccumulate>(out + r * ldo + j, ldo, coef + r * sr, sk, sr, x + j, ldx, K);
-  }
-}
-
-// dst (kBlock, ld) = src (rows, kBlock)^T; columns rows..ld of dst are left as they are (zero).
-// Done in groups of 8 rows so that consecutive stores share a cache line: a plain row-by-row
-// transpose writes every value to a different line and costs as much as a product.
-template <typename acc_t>
-T2I_INLINE void to_pixel_major(acc_t* __restrict dst, int64_t ld, const acc_t* __restrict src,
-                               int64_t rows) {
-  constexpr int64_t G = 8;
-  int64_t r0 = 0;
-  for (; r0 + G <= rows; r0 += G)
-    for (int64_t p = 0; p < kBlock; ++p)
-      for (int64_t i = 0; i < G; ++i) dst[p * ld + r0 + i] = src[(r0 + i) * kBlock + p];
-  for (; r0 < rows; ++r0)
-    for (int64_t p = 0; p < kBlock; ++p) dst[p * ld + r0] = src[r0 * kBlock + p];
-}
-
-// Everything the math of one block of kBlock pixels of image b works on. The buffers are
-// channel-major (rows, kBlock), their comments giving the rows, unless noted.
-template <typename acc_t>
-struct Block {
-  int64_t C = 0, Cv = 0, T = 0;
-  int64_t Cp = 0, Cvp = 0;  // C, Cv rounded up to whole vectors
-  acc_t scale = 1;
-  // Per image, converted to acc_t.
-  const acc_t* key = nullptr;    // (C, T)
-  const acc_t* value = nullptr;  // (Cv, T)
-  const acc_t* w = nullptr;      // (2C) = [w_h; w_o]
-  acc_t bias = 0;
-  const acc_t* u = nullptr;      // (T) = value^T w_o (backward with attention and gate)
-  const bool* mask = nullptr;    // (B, T) or null
-  const bool* mask_row = nullptr;  // (T): the row every pixel uses (without mask_compat)
-  const int64_t* mrow = nullptr;   // (kBlock): each pixel's row (with mask_compat)
-
-  acc_t* h = nullptr;    // (C)
-  acc_t* o = nullptr;    // (Cv): the read-out, or the given o
-  acc_t* s = nullptr;    // (T): scores, then attention
-  acc_t* g = nullptr;    // (1): gate
-  acc_t* lse = nullptr;  // (1): forward output, backward input (+inf on padding)
-  acc_t* out = nullptr;  // (C): gated output (forward with gate)
-  // Backward.
-  acc_t* gout = nullptr;   // (Cout): grad_out
-  acc_t* ggate = nullptr;  // (1): grad_gate, zeros if absent
-  acc_t* gattn = nullptr;  // (T): grad_attn, or null
-  acc_t* dh = nullptr;     // (C)
-  acc_t* d_o = nullptr;    // (C): gradient of the given o (without attention)
-  acc_t* da = nullptr;     // (T): d(attention), then d(scores) * scale
-  acc_t* ag = nullptr;     // (T): attention * gate
-  acc_t* hT = nullptr;     // (kBlock, Cp) pixel-major
-  acc_t* goutT = nullptr;  // (kBlock, Cvp) pixel-major
-  // Backward, summed over the blocks of a work unit.
-  acc_t* dkT = nullptr;    // (T, Cp): dkey transposed
-  acc_t* dvT = nullptr;    // (T, Cvp): dvalue transposed
-  acc_t* dw = nullptr;     // (2C): dgate_weight, one lane per pixel of the block
-  acc_t* db = nullptr;     // (1): dgate_bias, likewise
-  acc_t* e = nullptr;      // (T): attention * dz, likewise (with attention and gate)
-};
-
-// x[i] = exp(x[i]) for i < n, n a whole number of vectors. libm's scalar exp would cost about
-// as much as the products of the forward pass; float gets a vector version instead, double
-// (the type that tests against the reference at tight tolerances) keeps libm.
-template <int W>
-T2I_INLINE void exp_inplace(double* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
-}
-
-// exp(x) = 2^m exp(r), m = round(x / ln 2), |r| <= ln(2) / 2, exp(r) by the degree-7 Taylor-like
-// polynomial of Cephes' expf (about 1 ulp). Inputs are clamped to [-87, 88] so that 2^m stays a
-// normal float; below -87 (including -inf, masked slots) the result is 0, NaN stays NaN.
-template <int W>
-T2I_INLINE void exp_inplace(float* x, int64_t n) {
-  using V = typename Vec<float, W>::type;
-  using VI = typename Vec<int32_t, W>::type;
-  const V lo = V{} - 87.0f, hi = V{} + 88.0f;
-  const V round_magic = V{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  for (int64_t i = 0; i < n; i += Vec<float, W>::lanes) {
-    const V v = vload<V>(x + i);
-    const VI under = v < lo;
-    V c = (V)(((VI)v & ~under) | ((VI)lo & under));
-    const VI over = c > hi;
-    c = (V)(((VI)c & ~over) | ((VI)hi & over));
-    const V t = c * 1.44269504088896341f + round_magic;
-    const V m = t - round_magic;
-    const V r = c - m * 0.693359375f + m * 2.12194440e-4f;
-    V q = 1.9875691500e-4f * r + 1.3981999507e-3f;
-    q = q * r + 8.3334519073e-3f;
-    q = q * r + 4.1665795894e-2f;
-    q = q * r + 1.6666665459e-1f;
-    q = q * r + 5.0000001201e-1f;
-    const V e = q * r * r + r + 1.0f;
-    const VI pow2 = ((VI)t - (VI)round_magic + 127) << 23;
-    vstore(x + i, (V)((VI)(e * (V)pow2) & ~under));
-  }
-}
-
-// The element-wise loops below are written on whole vectors (kBlock is a multiple of every
-// vector width) so that they vectorise whatever the compiler concludes about aliasing between
-// the block's buffers.
-
-// s = scale * key^T h with masked slots at -inf.
-template <int W, typename acc_t>
-T2I_INLINE void scores(const Block<acc_t>& k) {
-  constexpr int64_t P = kBlock;
-  mix_rows<W, false>(k.s, P, k.T, k.key, k.T, 1, k.h, P, k.C, P);
-  for (int64_t i = 0; i < k.T * P; ++i) k.s[i] *= k.scale;
-  if (k.mask_row != nullptr) {
-    for (int64_t t = 0; t < k.T; ++t)
-      if (k.mask_row[t])
-        std::fill(k.s + t * P, k.s + (t + 1) * P, -std::numeric_limits<acc_t>::infinity());
-  } else if (k.mask != nullptr) {
-    for (int64_t p = 0; p < P; ++p) {
-      const bool* row = k.mask + k.mrow[p] * k.T;
-      for (int64_t t = 0; t < k.T; ++t)
-        if (row[t]) k.s[t * P + p] = -std::numeric_limits<acc_t>::infinity();
-    }
-  }
-}
-
-// Scales every column p of s (T, kBlock) by 1 / its sum, or zeroes it when the sum is 0.
-template <typename acc_t>
-T2I_INLINE void normalise_columns(const Block<acc_t>& k, acc_t* sum) {
-  constexpr int64_t P = kBlock;
-  for (int64_t p = 0; p < P; ++p) sum[p] = sum[p] > 0 ? acc_t(1) / sum[p] : acc_t(0);
-  for (int64_t t = 0; t < k.T; ++t)
-    for (int64_t p = 0; p < P; ++p) k.s[t * P + p] *= sum[p];
-}
-
-template <int W, typename acc_t>
-T2I_INLINE void softmax_forward(const Block<acc_t>& k) {
-  constexpr int64_t P = kBlock;
-  constexpr acc_t inf = std::numeric_limits<acc_t>::infinity();
-  acc_t peak[P], sum[P];
-  for (int64_t p = 0; p < P; ++p) peak[p] = -inf;
-  for (int64_t t = 0; t < k.T; ++t)
-    for (int64_t p = 0; p < P; ++p) peak[p] = peak[p] < k.s[t * P + p] ? k.s[t * P + p] : peak[p];
-  // A fully masked column has peak -inf; shifting by 0 keeps exp(-inf) = 0 instead of NaN.
-  for (int64_t p = 0; p < P; ++p) {
-    peak[p] = peak[p] == -inf ? acc_t(0) : peak[p];
-    sum[p] = 0;
-  }
-  for (int64_t t = 0; t < k.T; ++t)
-    for (int64_t p = 0; p < P; ++p) k.s[t * P + p] -= peak[p];
-  exp_inplace<W>(k.s, k.T * P);
-  for (int64_t t = 0; t < k.T; ++t)
-    for (int64_t p = 0; p < P; ++p) sum[p] += k.s[t * P + p];
-  for (int64_t p = 0; p < P; ++p) k.lse[p] = sum[p] > 0 ? peak[p] + std::log(sum[p]) : inf;
-  normalise_columns(k, sum);
-}
-
-template <int W, typename acc_t>
-T2I_INLINE void softmax_from_lse(const Block<acc_t>& k) {
-  constexpr int64_t P = kBlock;
-  acc_t sum[P];
-  for (int64_t p = 0; p < P; ++p) sum[p] = 0;
-  for (int64_t t = 0; t < k.T; ++t)
-    for (int64_t p = 0; p < P; ++p) k.s[t * P + p] -= k.lse[p];
-  exp_inplace<W>(k.s, k.T * P);
-  for (int64_t t = 0; t < k.T; ++t)
-    for (int64_t p = 0; p < P; ++p) sum[p] += k.s[t * P + p];
-  normalise_columns(k, sum);
-}
-
-// o = value a, o (Cv, kBlock) from the attention a (T, kBlock).
-template <int W, typename acc_t>
-T2I_INLINE void read_out(const Block<acc_t>& k) {
-  mix_rows<W, false>(k.o, kBlock, k.Cv, k.value, 1, k.T, k.s, kBlock, k.T, kBlock);
-}
-
-// g = 1 / (1 + exp(-z)) for the kBlock logits z.
-template <int W, typename acc_t>
-T2I_INLINE void sigmoid(acc_t* g, const typename Vec<acc_t, W>::type* z) {
-  constexpr int64_t P = kBlock, L = Vec<acc_t, W>::lanes, NV = Vec<acc_t, W>::per_block;
-  acc_t e[P];
-  for (int64_t v = 0; v < NV; ++v) vstore(e + v * L, -z[v]);
-  exp_inplace<W>(e, P);
-  for (int64_t p = 0; p < P; ++p) g[p] = acc_t(1) / (acc_t(1) + e[p]);
-}
-
-template <int W, typename acc_t>
-T2I_INLINE void gate(const Block<acc_t>& k) {
-  using V = typename Vec<acc_t, W>::type;
-  constexpr int64_t P = kBlock, L = Vec<acc_t, W>::lanes, NV = Vec<acc_t, W>::per_block;
-  V z[NV];
-  for (int64_t v = 0; v < NV; ++v) z[v] = V{} + k.bias;
-  for (int64_t c = 0; c < k.C; ++c) {
-    const acc_t wh = k.w[c], wo = k.w[k.C + c];
-    for (int64_t v = 0; v < NV; ++v)
-      z[v] += wh * vload<V>(k.h + c * P + v * L) + wo * vload<V>(k.o + c * P + v * L);
-  }
-  sigmoid<W>(k.g, z);
-}
-
-template <int W, typename acc_t, bool kAttn, bool kGate>
-T2I_INLINE void forward_block(const Block<acc_t>& k) {
-  using V = typename Vec<acc_t, W>::type;
-  constexpr int64_t P = kBlock, L = Vec<acc_t, W>::lanes, NV = Vec<acc_t, W>::per_block;
-  if (kAttn) {
-    scores<W>(k);
-    softmax_forward<W>(k);
-    read_out<W>(k);
-  }
-  if (kGate) {
-    gate<W>(k);
-    for (int64_t c = 0; c < k.C; ++c)
-      for (int64_t v = 0; v < NV; ++v) {
-        const int64_t i = c * P + v * L;
-        const V g = vload<V>(k.g + v * L);
-        vstore(k.out + i, vload<V>(k.h + i) * (acc_t(1) - g) + g * vload<V>(k.o + i));
-      }
-  }
-}
-
-// Backward of the response gate alone (o given): dL/dg = sum_c gout (o - h) + grad_gate.
-template <int W, typename acc_t>
-T2I_INLINE void backward_gate_only(const Block<acc_t>& k) {
-  using V = typename Vec<acc_t, W>::type;
-  constexpr int64_t P = kBlock, L = Vec<acc_t, W>::lanes, NV = Vec<acc_t, W>::per_block;
-  const int64_t C = k.C;
-  gate<W>(k);
-  V dz[NV];
-  for (int64_t v = 0; v < NV; ++v) dz[v] = vload<V>(k.ggate + v * L);
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t v = 0; v < NV; ++v) {
-      const int64_t i = c * P + v * L;
-      dz[v] += vload<V>(k.gout + i) * (vload<V>(k.o + i) - vload<V>(k.h + i));
-    }
-  for (int64_t v = 0; v < NV; ++v) {
-    const V g = vload<V>(k.g + v * L);
-    dz[v] *= g * (acc_t(1) - g);
-    vstore(k.db + v * L, vload<V>(k.db + v * L) + dz[v]);
-  }
-  for (int64_t c = 0; c < C; ++c) {
-    const acc_t wh = k.w[c], wo = k.w[C + c];
-    acc_t* dwh = k.dw + c * P;
-    acc_t* dwo = k.dw + (C + c) * P;
-    for (int64_t v = 0; v < NV; ++v) {
-      const int64_t i = c * P + v * L;
-      const V g = vload<V>(k.g + v * L), gout = vload<V>(k.gout + i);
-      vstore(k.dh + i, gout * (acc_t(1) - g) + dz[v] * wh);
-      vstore(k.d_o + i, gout * g + dz[v] * wo);
-      vstore(dwh + v * L, vload<V>(dwh + v * L) + dz[v] * vload<V>(k.h + i));
-      vstore(dwo + v * L, vload<V>(dwo + v * L) + dz[v] * vload<V>(k.o + i));
-    }
-  }
-}
-
-// Backward with attention. The read-out o = value a is never formed: everything the gate needs
-// from it is a sum over the T slots instead of the C channels,
-//   w_o.o = a.u with u = value^T w_o,   gout.o = a.y with y = value^T gout,
-// and with d_o = gout g + dz w_o the attention and value gradients become
-//   da = g y + dz u,   dvalue = (a g) gout^T + w_o e^T,   dw_o = value e,   e = a dz^T,
-// where the e terms are summed once per work unit (e lanes in k.e). This saves the C*T*N
-// read-out and d_o's C*N passes; the products left are the scores, y, dvalue, dh and dkey.
-template <int W, typename acc_t, bool kGate>
-T2I_INLINE void backward_attention(const Block<acc_t>& k) {
-  using V = typename Vec<acc_t, W>::type;
-  constexpr int64_t P = kBlock, L = Vec<acc_t, W>::lanes, NV = Vec<acc_t, W>::per_block;
-  const int64_t C = k.C, Cv = k.Cv, T = k.T;
-  scores<W>(k);
-  softmax_from_lse<W>(k);
-  const acc_t* a = k.s;
-  // k.da holds y, then da.
-  mix_rows<W, false>(k.da, P, T, k.value, T, 1, k.gout, P, Cv, P);
-  const acc_t* dvalue_coef = a;
-  if (kGate) {
-    V z[NV], dg[NV];
-    for (int64_t v = 0; v < NV; ++v) {
-      z[v] = V{} + k.bias;
-      dg[v] = vload<V>(k.ggate + v * L);
-    }
-    for (int64_t c = 0; c < C; ++c) {
-      const acc_t wh = k.w[c];
-      for (int64_t v = 0; v < NV; ++v) {
-        const V h = vload<V>(k.h + c * P + v * L);
-        z[v] += wh * h;
-        dg[v] -= vload<V>(k.gout + c * P + v * L) * h;
-      }
-    }
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t v = 0; v < NV; ++v) {
-        const V at = vload<V>(a + t * P + v * L);
-        z[v] += k.u[t] * at;
-        dg[v] += at * vload<V>(k.da + t * P + v * L);
-      }
-    sigmoid<W>(k.g, z);
-    V dz[NV];
-    for (int64_t v = 0; v < NV; ++v) {
-      const V g = vload<V>(k.g + v * L);
-      dz[v] = dg[v] * g * (acc_t(1) - g);
-      vstore(k.db + v * L, vload<V>(k.db + v * L) + dz[v]);
-    }
-    for (int64_t c = 0; c < C; ++c) {
-      const acc_t wh = k.w[c];
-      acc_t* dwh = k.dw + c * P;
-      for (int64_t v = 0; v < NV; ++v) {
-        const int64_t i = c * P + v * L;
-        const V g = vload<V>(k.g + v * L), h = vload<V>(k.h + i);
-        vstore(k.dh + i, vload<V>(k.gout + i) * (acc_t(1) - g) + dz[v] * wh);
-        vstore(dwh + v * L, vload<V>(dwh + v * L) + dz[v] * h);
-      }
-    }
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t v = 0; v < NV; ++v) {
-        const int64_t i = t * P + v * L;
-        const V g = vload<V>(k.g + v * L), at = vload<V>(a + i);
-        vstore(k.da + i, g * vload<V>(k.da + i) + dz[v] * k.u[t]);
-        vstore(k.ag + i, at * g);
-        vstore(k.e + i, vload<V>(k.e + i) + at * dz[v]);
-      }
-    dvalue_coef = k.ag;
-  } else {
-    std::fill(k.dh, k.dh + C * P, acc_t(0));
-  }
-  if (k.gattn != nullptr)
-    for (int64_t i = 0; i < T * P; i += L)
-      vstore(k.da + i, vload<V>(k.da + i) + vload<V>(k.gattn + i));
-  to_pixel_major(k.goutT, k.Cvp, k.gout, Cv);
-  mix_rows<W, true>(k.dvT, k.Cvp, T, dvalue_coef, 1, P, k.goutT, k.Cvp, P, k.Cvp);
-  // Softmax backward, with the factor scale of the scores folded in.
-  V dot[NV];
-  for (int64_t v = 0; v < NV; ++v) dot[v] = V{};
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t v = 0; v < NV; ++v)
-      dot[v] += vload<V>(a + t * P + v * L) * vload<V>(k.da + t * P + v * L);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t v = 0; v < NV; ++v) {
-      const int64_t i = t * P + v * L;
-      vstore(k.da + i, k.scale * vload<V>(a + i) * (vload<V>(k.da + i) - dot[v]));
-    }
-  // dh += key ds; dkey^T += ds h^T over the pixels.
-  mix_rows<W, true>(k.dh, P, C, k.key, 1, T, k.da, P, T, P);
-  to_pixel_major(k.hT, k.Cp, k.h, C);
-  mix_rows<W, true>(k.dkT, k.Cp, T, k.da, 1, P, k.hT, k.Cp, P, k.Cp);
-}
-
-template <int W, typename acc_t, bool kAttn, bool kGate>
-T2I_INLINE void backward_block(const Block<acc_t>& k) {
-  if (kAttn) {
-    backward_attention<W, acc_t, kGate>(k);
-  } else if (kGate) {
-    backward_gate_only<W>(k);
-  } else {
-    std::fill(k.dh, k.dh + k.C * kBlock, acc_t(0));
-  }
-}
-
-// The block math for the best ISA of this CPU; the always-inline bodies above are compiled
-// into each of these entry points separately.
-#if T2I_X86_DISPATCH
-template <typename acc_t, bool kAttn, bool kGate>
-__attribute__((target("avx2,fma"))) void forward_block_avx2(const Block<acc_t>& k) {
-  forward_block<32, acc_t, kAttn, kGate>(k);
-}
-template <typename acc_t, bool kAttn, bool kGate>
-__attribute__((target("avx2,fma"))) void backward_block_avx2(const Block<acc_t>& k) {
-  backward_block<32, acc_t, kAttn, kGate>(k);
-}
-#endif
-
-template <typename acc_t, bool kAttn, bool kGate>
-void run_forward_block(const Block<acc_t>& k) {
-#if T2I_X86_DISPATCH
-  if (have_avx2_fma()) return forward_block_avx2<acc_t, kAttn, kGate>(k);
-#endif
-  forward_block<16, acc_t, kAttn, kGate>(k);
-}
-
-template <typename acc_t, bool kAttn, bool kGate>
-void run_backward_block(const Block<acc_t>& k) {
-#if T2I_X86_DISPATCH
-  if (have_avx2_fma()) return backward_block_avx2<acc_t, kAttn, kGate>(k);
-#endif
-  backward_block<16, acc_t, kAttn, kGate>(k);
-}
 
 // A staged chunk: `blocks` blocks of image b, `count` pixels from pixel n0.
 struct Chunk {
@@ -646,13 +172,13 @@ struct Setup {
     if (p.has_attn && p.has_gate) k.u = u.data() + b * p.T;
   }
 
-  // With mask_compat, the mask row of each pixel of block i of the chunk (pixel b*N + n uses
-  // row (b*N + n) mod B); padding pixels take row b.
+  // With mask_compat, the mask row of each pixel of block i of the chunk (mask_compat_row);
+  // padding pixels take row b.
   void mask_rows(int64_t* mrow, const Chunk& ch, int64_t i) const {
     if (p.mask == nullptr || !p.mask_compat) return;
     const int64_t n0 = ch.n0 + i * kBlock, valid = std::min(kBlock, ch.count - i * kBlock);
     for (int64_t q = 0; q < kBlock; ++q)
-      mrow[q] = q < valid ? (ch.b * p.N + n0 + q) % p.B : ch.b;
+      mrow[q] = q < valid ? mask_compat_row(ch.b, n0 + q, p.N, p.B) : ch.b;
   }
 };
 
@@ -673,11 +199,11 @@ void forward_cpu(const DynamicMemoryParams& p) {
   constexpr int64_t P = kBlock, U = kChunkBlocks;
   const Setup<scalar_t> setup(p);
   const int64_t C = p.C, Cv = p.Cv, T = p.T, N = p.N;
-  const auto h = p.as<scalar_t>(p.h);
-  const auto o = p.as<scalar_t>(p.o);
-  const auto out = p.as<scalar_t>(p.out);
-  const auto attn = p.as<scalar_t>(p.attn);
-  const auto gate = p.as<scalar_t>(p.gate);
+  const auto h = typed<scalar_t>(p.h);
+  const auto o = typed<scalar_t>(p.o);
+  const auto out = typed<scalar_t>(p.out);
+  const auto attn = typed<scalar_t>(p.attn);
+  const auto gate = typed<scalar_t>(p.gate);
   at::parallel_for(0, setup.units, 1, [&](int64_t u0, int64_t u1) {
     Scratch<acc_t> scr;
     // Staged per chunk (block-major); the attention only when it is returned.
@@ -703,7 +229,7 @@ void forward_cpu(const DynamicMemoryParams& p) {
           k.lse = lse_st + i * P;
           k.g = g_st + i * P;
           setup.mask_rows(scr.mrow.data(), ch, i);
-          run_forward_block<acc_t, kAttn, kGate>(k);
+          run_block<false, kAttn, kGate>(k);
         }
         stage_out(out + b * p.Cout * N + ch.n0, out_st, p.Cout, N, ch);
         if (kAttn) {
@@ -727,13 +253,13 @@ void backward_cpu(const DynamicMemoryParams& p) {
   // One partial per work unit: dkey^T (T, Cp), dvalue^T (T, Cvp), dgate_weight (2C), dgate_bias.
   const int64_t part_size = T * (Cp + Cvp) + 2 * C + 1;
   std::vector<acc_t> partials(static_cast<size_t>(setup.units * part_size));
-  const auto h = p.as<scalar_t>(p.h);
-  const auto o = p.as<scalar_t>(p.o);
-  const auto gout = p.as<scalar_t>(p.grad_out);
-  const auto gattn = p.as<scalar_t>(p.grad_attn);
-  const auto ggate = p.as<scalar_t>(p.grad_gate);
-  const auto dh = p.as<scalar_t>(p.dh);
-  const auto d_o = p.as<scalar_t>(p.d_o);
+  const auto h = typed<scalar_t>(p.h);
+  const auto o = typed<scalar_t>(p.o);
+  const auto gout = typed<scalar_t>(p.grad_out);
+  const auto gattn = typed<scalar_t>(p.grad_attn);
+  const auto ggate = typed<scalar_t>(p.grad_gate);
+  const auto dh = typed<scalar_t>(p.dh);
+  const auto d_o = typed<scalar_t>(p.d_o);
 
   at::parallel_for(0, setup.units, 1, [&](int64_t u0, int64_t u1) {
     Scratch<acc_t> scr;
@@ -788,7 +314,7 @@ void backward_cpu(const DynamicMemoryParams& p) {
           k.dh = dh_st + i * C * P;
           k.d_o = kAttn ? nullptr : do_st + i * C * P;
           if (kAttn) setup.mask_rows(scr.mrow.data(), ch, i);
-          run_backward_block<acc_t, kAttn, kGate>(k);
+          run_block<true, kAttn, kGate>(k);
         }
         stage_out(dh + b * C * N + ch.n0, dh_st, C, N, ch);
         if (!kAttn) stage_out(d_o + b * C * N + ch.n0, do_st, C, N, ch);
@@ -821,8 +347,8 @@ void backward_cpu(const DynamicMemoryParams& p) {
 
   // Sum the partials in unit order.
   if (kAttn) {
-    const auto dkey = p.as<scalar_t>(p.dkey);
-    const auto dvalue = p.as<scalar_t>(p.dvalue);
+    const auto dkey = typed<scalar_t>(p.dkey);
+    const auto dvalue = typed<scalar_t>(p.dvalue);
     std::vector<acc_t> sum(static_cast<size_t>(T * (Cp + Cvp)));
     for (int64_t b = 0; b < p.B; ++b) {
       std::fill(sum.begin(), sum.end(), acc_t(0));
@@ -839,7 +365,7 @@ void backward_cpu(const DynamicMemoryParams& p) {
     }
   }
   if (kGate) {
-    const auto dw = p.as<scalar_t>(p.dgate_weight);
+    const auto dw = typed<scalar_t>(p.dgate_weight);
     for (int64_t j = 0; j < 2 * C + 1; ++j) {
       acc_t sum = 0;
       for (int64_t u = 0; u < setup.units; ++u)
@@ -847,18 +373,9 @@ void backward_cpu(const DynamicMemoryParams& p) {
       if (j < 2 * C)
         dw[j] = static_cast<scalar_t>(sum);
       else
-        *p.as<scalar_t>(p.dgate_bias) = static_cast<scalar_t>(sum);
+        *typed<scalar_t>(p.dgate_bias) = static_cast<scalar_t>(sum);
     }
   }
-}
-
-// Calls f(std::bool_constant<attn>, std::bool_constant<gate>) for the runtime flags.
-template <typename F>
-void with_variant(const DynamicMemoryParams& p, const F& f) {
-  if (p.has_attn && p.has_gate) f(std::true_type{}, std::true_type{});
-  else if (p.has_attn) f(std::true_type{}, std::false_type{});
-  else if (p.has_gate) f(std::false_type{}, std::true_type{});
-  else f(std::false_type{}, std::false_type{});
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dynamic_memory_forward_cpu(
@@ -883,8 +400,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dynamic_memory_forwar
   p.lse_out = p.has_attn ? lse.data_ptr<float>() : nullptr;
   p.attn = p.return_attn ? attn.data_ptr() : nullptr;
   p.gate = p.return_gate ? gate.data_ptr() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(),
-                                  "dynamic_memory_forward", [&] {
+  T2I_DISPATCH_CPU_FLOATS(h.scalar_type(), "dynamic_memory_forward", [&] {
     with_variant(p, [&](auto attn_flag, auto gate_flag) {
       forward_cpu<scalar_t, decltype(attn_flag)::value, decltype(gate_flag)::value>(p);
     });
@@ -923,8 +439,7 @@ dynamic_memory_backward_cpu(const at::Tensor& grad_out_in,
   p.dvalue = value.defined() ? dvalue.data_ptr() : nullptr;
   p.dgate_weight = gate_weight.defined() ? dgate_weight.data_ptr() : nullptr;
   p.dgate_bias = gate_bias.defined() ? dgate_bias.data_ptr() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, h.scalar_type(),
-                                  "dynamic_memory_backward", [&] {
+  T2I_DISPATCH_CPU_FLOATS(h.scalar_type(), "dynamic_memory_backward", [&] {
     with_variant(p, [&](auto attn_flag, auto gate_flag) {
       backward_cpu<scalar_t, decltype(attn_flag)::value, decltype(gate_flag)::value>(p);
     });
@@ -933,9 +448,10 @@ dynamic_memory_backward_cpu(const at::Tensor& grad_out_in,
 }
 
 }  // namespace
+}  // namespace cpu
 }  // namespace t2i_fast
 
 TORCH_LIBRARY_IMPL(t2i_fast_C, CPU, m) {
-  m.impl("dynamic_memory_forward", &t2i_fast::dynamic_memory_forward_cpu);
-  m.impl("dynamic_memory_backward", &t2i_fast::dynamic_memory_backward_cpu);
+  m.impl("dynamic_memory_forward", &t2i_fast::cpu::dynamic_memory_forward_cpu);
+  m.impl("dynamic_memory_backward", &t2i_fast::cpu::dynamic_memory_backward_cpu);
 }

@@ -4,7 +4,7 @@
 // Design. All the arithmetic that matters is D x R x K matrix products, K counting word columns.
 // They run as ATen matrix products (MKL/OpenBLAS) on float32 or float64 blocks; the softmaxes,
 // the cosine and their gradients are loops over those blocks in the same (rows x K) layout with
-// the column index innermost, so that they vectorise (exp included: see exp_affine).
+// the column index innermost, so that they vectorise (word_region_block.h; exp included).
 //   * similarity: the words are packed once to (D, sum of cap_lens) - padded words are never
 //     computed, as in the upstream per-caption loop - and a unit of work is one image j against
 //     a run of captions with ~kTargetColumns packed words: the scores are then one
@@ -24,10 +24,12 @@
 // (backward) (R x K) blocks and one (D x K) block per thread (~1.3 MB at R = 289, D = 256,
 // K = 288) plus one packed d_words partial per thread in backward; inputs of dtypes other than
 // float32/float64 are converted once (float16/bfloat16 compute in float32).
-// Limits: the similarity is parallel over images only (at most Bi threads); float32 exp is
-// vectorised on x86-64 only (elsewhere libm); d_words may differ in the last bits between
-// thread counts (the partials follow the threads), never between runs.
+// Limits: GCC or Clang (vector extensions, see vec.h); the similarity is parallel over images
+// only (at most Bi threads); caption lengths are clamped into [0, T], so no length value reads
+// out of bounds; d_words may differ in the last bits between thread counts (the partials follow
+// the threads), never between runs.
 #include "../word_region.h"
+#include "word_region_block.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -36,17 +38,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
-#include <limits>
 #include <tuple>
 #include <type_traits>
 #include <vector>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-
 namespace t2i_fast {
+namespace cpu {
 namespace {
 
 using at::Tensor;
@@ -60,209 +57,7 @@ constexpr int64_t kTargetColumns = 384;
 using BelowAutograd = at::AutoDispatchBelowADInplaceOrView;
 
 template <typename acc_t>
-constexpr acc_t inf() { return std::numeric_limits<acc_t>::infinity(); }
-
-template <typename acc_t>
 constexpr at::ScalarType scalar_type() { return c10::CppTypeToScalarType<acc_t>::value; }
-
-// out[k] (+)= exp(scale * in[k] - shift[k]) for k < K: every exp of the kernels has this form.
-// libm's exp is a scalar call, so on x86-64 float32 uses its own on SSE2 vectors (the baseline
-// ISA the extension is built for): x = n ln2 + r with n rounded to nearest and ln2 split in two
-// (Cody-Waite), Cephes' degree-6 polynomial for exp(r), 2^n from the exponent bits. Within 2 ulp
-// of expf on [-87, 88] and 0 below -87 (so exp(-inf) = 0); larger inputs do not occur here (a
-// maximum or a log-sum-exp is subtracted first). Intrinsics rather than portable vector code:
-// GCC splits vector selects into scalar compares unless built with -fno-trapping-math.
-#if defined(__SSE2__)
-inline __m128 exp4(__m128 x) {
-  const __m128 lo = _mm_set1_ps(-87.0f);
-  const __m128 xc = _mm_min_ps(_mm_max_ps(x, lo), _mm_set1_ps(88.0f));
-  const __m128i ni = _mm_cvtps_epi32(_mm_mul_ps(xc, _mm_set1_ps(1.44269504088896341f)));
-  const __m128 n = _mm_cvtepi32_ps(ni);
-  __m128 r = _mm_sub_ps(xc, _mm_mul_ps(n, _mm_set1_ps(0.693359375f)));
-  r = _mm_add_ps(r, _mm_mul_ps(n, _mm_set1_ps(2.12194440e-4f)));
-  __m128 y = _mm_set1_ps(1.9875691500e-4f);
-  y = _mm_add_ps(_mm_mul_ps(y, r), _mm_set1_ps(1.3981999507e-3f));
-  y = _mm_add_ps(_mm_mul_ps(y, r), _mm_set1_ps(8.3334519073e-3f));
-  y = _mm_add_ps(_mm_mul_ps(y, r), _mm_set1_ps(4.1665795894e-2f));
-  y = _mm_add_ps(_mm_mul_ps(y, r), _mm_set1_ps(1.6666665459e-1f));
-  y = _mm_add_ps(_mm_mul_ps(y, r), _mm_set1_ps(5.0000001201e-1f));
-  y = _mm_add_ps(_mm_add_ps(_mm_mul_ps(y, _mm_mul_ps(r, r)), r), _mm_set1_ps(1.0f));
-  const __m128 two_n =
-      _mm_castsi128_ps(_mm_slli_epi32(_mm_add_epi32(ni, _mm_set1_epi32(127)), 23));
-  return _mm_andnot_ps(_mm_cmplt_ps(x, lo), _mm_mul_ps(y, two_n));
-}
-
-template <bool kAccumulate>
-void exp_affine(float* out, const float* in, float scale, const float* shift, int64_t K) {
-  const __m128 s = _mm_set1_ps(scale);
-  int64_t k = 0;
-  for (; k + 4 <= K; k += 4) {
-    __m128 e = exp4(_mm_sub_ps(_mm_mul_ps(_mm_loadu_ps(in + k), s), _mm_loadu_ps(shift + k)));
-    if (kAccumulate) e = _mm_add_ps(e, _mm_loadu_ps(out + k));
-    _mm_storeu_ps(out + k, e);
-  }
-  for (; k < K; ++k) {  // the tail through the same code, in lane 0
-    const float e = _mm_cvtss_f32(exp4(_mm_set_ss(in[k] * scale - shift[k])));
-    out[k] = kAccumulate ? out[k] + e : e;
-  }
-}
-#else
-template <bool kAccumulate>
-void exp_affine(float* out, const float* in, float scale, const float* shift, int64_t K) {
-  for (int64_t k = 0; k < K; ++k) {
-    const float e = std::exp(in[k] * scale - shift[k]);
-    out[k] = kAccumulate ? out[k] + e : e;
-  }
-}
-#endif
-
-template <bool kAccumulate>
-void exp_affine(double* out, const double* in, double scale, const double* shift, int64_t K) {
-  for (int64_t k = 0; k < K; ++k) {
-    const double e = std::exp(in[k] * scale - shift[k]);
-    out[k] = kAccumulate ? out[k] + e : e;
-  }
-}
-
-// The K columns of a block: word sets side by side, set s owning columns [start[s], start[s+1]).
-struct Columns {
-  int64_t K = 0;
-  std::vector<int64_t> start;
-  const uint8_t* valid = nullptr;  // per column (1 = real word), or null: all real
-  bool real(int64_t k) const { return valid == nullptr || valid[k] != 0; }
-};
-
-// A[r, .] <- softmax over the real words of each word set of A[r, .], in place (A is R x K). A
-// set without real words gets zeros. `shift` and `scale` are K scratch values.
-template <typename acc_t>
-void word_softmax(acc_t* A, int64_t R, const Columns& cols, acc_t* shift, acc_t* scale) {
-  const int64_t K = cols.K, n = static_cast<int64_t>(cols.start.size()) - 1;
-  for (int64_t r = 0; r < R; ++r) {
-    acc_t* x = A + r * K;
-    for (int64_t s = 0; s < n; ++s) {
-      acc_t peak = -inf<acc_t>();
-      for (int64_t k = cols.start[s]; k < cols.start[s + 1]; ++k) {
-        if (cols.real(k)) peak = std::max(peak, x[k]);
-      }
-      // Padded words, and every word of an empty set, get exp(-inf) = 0.
-      for (int64_t k = cols.start[s]; k < cols.start[s + 1]; ++k) {
-        shift[k] = cols.real(k) && peak != -inf<acc_t>() ? peak : inf<acc_t>();
-      }
-    }
-    exp_affine<false>(x, x, acc_t(1), shift, K);
-    for (int64_t s = 0; s < n; ++s) {
-      acc_t total = 0;
-      for (int64_t k = cols.start[s]; k < cols.start[s + 1]; ++k) total += x[k];
-      const acc_t inv = total > 0 ? acc_t(1) / total : acc_t(0);
-      for (int64_t k = cols.start[s]; k < cols.start[s + 1]; ++k) scale[k] = inv;
-    }
-    for (int64_t k = 0; k < K; ++k) x[k] *= scale[k];
-  }
-}
-
-// The softmax over regions, b[r, k] = exp(g1 * a[r, k] - lse[k]), stored region-major like A.
-// With have_lse, lse holds it on entry (backward); else it is computed and stored:
-// lse[k] = log sum_r exp(g1 * a[r, k]) for the real columns and +inf for padded ones (so that
-// exp(g1 * a - lse) = 0 there), with one exp per element. `peak` is K scratch values.
-template <typename acc_t>
-void region_softmax(const acc_t* A, int64_t R, const Columns& cols, acc_t g1, bool have_lse,
-                    acc_t* lse, acc_t* Bm, acc_t* peak) {
-  const int64_t K = cols.K;
-  if (have_lse) {
-    for (int64_t r = 0; r < R; ++r) exp_affine<false>(Bm + r * K, A + r * K, g1, lse, K);
-    return;
-  }
-  for (int64_t k = 0; k < K; ++k) peak[k] = g1 * A[k];
-  for (int64_t r = 1; r < R; ++r) {
-    const acc_t* a = A + r * K;
-    for (int64_t k = 0; k < K; ++k) peak[k] = std::max(peak[k], g1 * a[k]);
-  }
-  std::fill(lse, lse + K, acc_t(0));
-  for (int64_t r = 0; r < R; ++r) {
-    acc_t* b = Bm + r * K;
-    exp_affine<false>(b, A + r * K, g1, peak, K);
-    for (int64_t k = 0; k < K; ++k) lse[k] += b[k];
-  }
-  for (int64_t k = 0; k < K; ++k) {
-    const acc_t total = lse[k];
-    lse[k] = cols.real(k) ? peak[k] + std::log(total) : inf<acc_t>();
-    peak[k] = cols.real(k) ? acc_t(1) / total : acc_t(0);  // now the column scale
-  }
-  for (int64_t r = 0; r < R; ++r) {
-    acc_t* b = Bm + r * K;
-    for (int64_t k = 0; k < K; ++k) b[k] *= peak[k];
-  }
-}
-
-// Gradient through both softmaxes, in place: G holds dL/db (as R x K) on entry and dL/ds on exit.
-//   ga = g1 * b * (gb - sum_r b gb)          (softmax over regions, per word)
-//   gs = a * (ga - sum_{k in set} a ga)      (softmax over words, per region and word set)
-// `dot` and `rowdot` are K scratch values.
-template <typename acc_t>
-void softmax_grads(const acc_t* A, const acc_t* Bm, acc_t* G, int64_t R, const Columns& cols,
-                   acc_t g1, acc_t* dot, acc_t* rowdot) {
-  const int64_t K = cols.K, n = static_cast<int64_t>(cols.start.size()) - 1;
-  std::fill(dot, dot + K, acc_t(0));
-  for (int64_t r = 0; r < R; ++r) {
-    const acc_t* b = Bm + r * K;
-    const acc_t* g = G + r * K;
-    for (int64_t k = 0; k < K; ++k) dot[k] += b[k] * g[k];
-  }
-  for (int64_t r = 0; r < R; ++r) {
-    const acc_t* a = A + r * K;
-    const acc_t* b = Bm + r * K;
-    acc_t* g = G + r * K;
-    for (int64_t k = 0; k < K; ++k) g[k] = g1 * b[k] * (g[k] - dot[k]);
-    for (int64_t s = 0; s < n; ++s) {
-      acc_t sum = 0;
-      for (int64_t k = cols.start[s]; k < cols.start[s + 1]; ++k) sum += a[k] * g[k];
-      for (int64_t k = cols.start[s]; k < cols.start[s + 1]; ++k) rowdot[k] = sum;
-    }
-    for (int64_t k = 0; k < K; ++k) g[k] = a[k] * (g[k] - rowdot[k]);
-  }
-}
-
-// u[k] = sum_d W[d, k] C[d, k] and c2[k] = sum_d C[d, k]^2 (W has leading dimension ldw).
-template <typename acc_t>
-void column_dots(const acc_t* W, int64_t ldw, const acc_t* C, int64_t D, int64_t K, acc_t* u,
-                 acc_t* c2) {
-  std::fill(u, u + K, acc_t(0));
-  std::fill(c2, c2 + K, acc_t(0));
-  for (int64_t d = 0; d < D; ++d) {
-    const acc_t* w = W + d * ldw;
-    const acc_t* c = C + d * K;
-    for (int64_t k = 0; k < K; ++k) {
-      u[k] += w[k] * c[k];
-      c2[k] += c[k] * c[k];
-    }
-  }
-}
-
-// The upstream cosine: u / max(|w| |c|, 1e-8).
-template <typename acc_t>
-struct Cosine {
-  acc_t cos, den;
-  bool clamped;
-};
-
-template <typename acc_t>
-Cosine<acc_t> cosine(acc_t u, acc_t w2, acc_t c2) {
-  constexpr acc_t eps = acc_t(1e-8);
-  const acc_t den = std::sqrt(w2) * std::sqrt(c2);
-  const bool clamped = !(den > eps);
-  const acc_t safe = clamped ? eps : den;
-  return {u / safe, safe, clamped};
-}
-
-// log sum_k exp(z[k]) over n values (all finite).
-template <typename acc_t>
-acc_t log_sum_exp(const acc_t* z, int64_t n) {
-  acc_t peak = -inf<acc_t>();
-  for (int64_t k = 0; k < n; ++k) peak = std::max(peak, z[k]);
-  acc_t total = 0;
-  for (int64_t k = 0; k < n; ++k) total += std::exp(z[k] - peak);
-  return peak + std::log(total);
-}
 
 // A (rows x cols) row-major block with leading dimension ld, as a tensor for the products.
 template <typename acc_t>
@@ -319,9 +114,7 @@ SimilarityInputs<acc_t> similarity_inputs(const WordRegionParams& p, const Tenso
   const int64_t* len = lens.data_ptr<int64_t>();
   in.off.assign(p.Bc + 1, 0);
   for (int64_t i = 0; i < p.Bc; ++i) {
-    TORCH_CHECK(len[i] >= 1 && len[i] <= p.T, "word_region_similarity: cap_lens must lie in 1..T",
-                " = 1..", p.T, ", got ", len[i], " for caption ", i);
-    in.off[i + 1] = in.off[i] + len[i];
+    in.off[i + 1] = in.off[i] + caption_length(len[i], p.T);
   }
   in.X = regions.to(scalar_type<acc_t>()).contiguous();
   const Tensor W = words.to(scalar_type<acc_t>());
@@ -486,24 +279,15 @@ void similarity_backward_impl(const WordRegionParams& p, const SimilarityInputs<
   });
 }
 
-std::tuple<Tensor, Tensor> similarity_forward(const Tensor& regions, const Tensor& words,
-                                              const Tensor& cap_lens, double gamma1,
-                                              double gamma2) {
-  BelowAutograd below_autograd;
-  WordRegionParams p =
-      word_region_similarity_forward_params(regions, words, cap_lens, gamma1, gamma2);
-  const auto dtype = regions.scalar_type();
+template <typename acc_t>
+std::tuple<Tensor, Tensor> similarity_forward_typed(const WordRegionParams& p,
+                                                    const Tensor& regions, const Tensor& words,
+                                                    const Tensor& cap_lens) {
+  const auto in = similarity_inputs<acc_t>(p, regions, words, cap_lens);
+  Tensor sim = at::empty({p.Bi, p.Bc}, regions.options().dtype(scalar_type<acc_t>()));
   Tensor lse = at::empty({p.Bi, p.Bc, p.T}, regions.options().dtype(at::kFloat));
-  if (dtype == at::kDouble) {
-    const auto in = similarity_inputs<double>(p, regions, words, cap_lens);
-    Tensor sim = at::empty({p.Bi, p.Bc}, regions.options());
-    similarity_forward_impl<double>(p, in, sim.data_ptr<double>(), lse.data_ptr<float>());
-    return {sim, lse};
-  }
-  const auto in = similarity_inputs<float>(p, regions, words, cap_lens);
-  Tensor sim = at::empty({p.Bi, p.Bc}, regions.options().dtype(at::kFloat));
-  similarity_forward_impl<float>(p, in, sim.data_ptr<float>(), lse.data_ptr<float>());
-  return {sim.to(dtype), lse};
+  similarity_forward_impl<acc_t>(p, in, sim.data_ptr<acc_t>(), lse.data_ptr<float>());
+  return {sim.to(regions.scalar_type()), lse};
 }
 
 template <typename acc_t>
@@ -529,18 +313,6 @@ std::tuple<Tensor, Tensor> similarity_backward_typed(const WordRegionParams& p,
   }
   const auto dtype = regions.scalar_type();
   return {d_regions.to(dtype), d_words.to(dtype)};
-}
-
-std::tuple<Tensor, Tensor> similarity_backward(const Tensor& grad_s, const Tensor& regions,
-                                               const Tensor& words, const Tensor& cap_lens,
-                                               const Tensor& lse, double gamma1, double gamma2) {
-  BelowAutograd below_autograd;
-  WordRegionParams p = word_region_similarity_backward_params(grad_s, regions, words, cap_lens,
-                                                              lse, gamma1, gamma2);
-  if (regions.scalar_type() == at::kDouble) {
-    return similarity_backward_typed<double>(p, grad_s, regions, words, cap_lens, lse);
-  }
-  return similarity_backward_typed<float>(p, grad_s, regions, words, cap_lens, lse);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -612,25 +384,11 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward_typed(
       for (int64_t t = 0; t < p.T; ++t) lse_p[b * p.T + t] = float(s.k1[t]);
       Tensor ctx = context[b];
       at::mm_out(ctx, in.X[b], view(s.Bm, p.R, p.T, p.T));
-      acc_t* out = attn_p + b * p.T * p.R;  // (T, R): the transpose of Bm
-      for (int64_t r = 0; r < p.R; ++r) {
-        for (int64_t t = 0; t < p.T; ++t) out[t * p.R + r] = s.Bm[r * p.T + t];
-      }
+      transpose(attn_p + b * p.T * p.R, p.R, s.Bm, p.T, p.R, p.T);  // attn (T, R) = Bm^T
     }
   });
   const auto dtype = words.scalar_type();
   return {context.to(dtype), attn.to(dtype), lse};
-}
-
-std::tuple<Tensor, Tensor, Tensor> attention_forward(const Tensor& words, const Tensor& regions,
-                                                     const std::optional<Tensor>& word_mask,
-                                                     double gamma1) {
-  BelowAutograd below_autograd;
-  WordRegionParams p = word_region_attention_forward_params(words, regions, word_mask, gamma1);
-  if (words.scalar_type() == at::kDouble) {
-    return attention_forward_typed<double>(p, words, regions, word_mask);
-  }
-  return attention_forward_typed<float>(p, words, regions, word_mask);
 }
 
 template <typename acc_t>
@@ -660,9 +418,7 @@ std::tuple<Tensor, Tensor> attention_backward_typed(const WordRegionParams& p,
       at::mm_out(G, in.X[b].t(), gctx[b]);  // dL/db from the context, (R x T)
       if (p.has_grad_attn) {
         const acc_t* ga = gattn.data_ptr<acc_t>() + b * p.T * p.R;  // (T, R)
-        for (int64_t r = 0; r < p.R; ++r) {
-          for (int64_t t = 0; t < p.T; ++t) s.G[r * p.T + t] += ga[t * p.R + r];
-        }
+        transpose<true>(s.G, p.T, ga, p.R, p.T, p.R);
       }
       // Padded words have b = 0, so no gradient reaches their scores.
       softmax_grads(s.A, s.Bm, s.G, p.R, cols, acc_t(p.gamma1), s.k2, s.k3);
@@ -677,29 +433,65 @@ std::tuple<Tensor, Tensor> attention_backward_typed(const WordRegionParams& p,
   return {d_words.to(dtype), d_regions.to(dtype)};
 }
 
+// The entry points: bind and check the arguments, then run the kernels in the compute type,
+// double for float64 inputs and float for every other dtype.
+template <typename F>
+auto with_acc_type(at::ScalarType dtype, const F& f) {
+  return dtype == at::kDouble ? f(double{}) : f(float{});
+}
+
+std::tuple<Tensor, Tensor> similarity_forward(const Tensor& regions, const Tensor& words,
+                                              const Tensor& cap_lens, double gamma1,
+                                              double gamma2) {
+  BelowAutograd below_autograd;
+  const auto p = word_region_similarity_params(regions, words, cap_lens, gamma1, gamma2);
+  return with_acc_type(regions.scalar_type(), [&](auto acc) {
+    return similarity_forward_typed<decltype(acc)>(p, regions, words, cap_lens);
+  });
+}
+
+std::tuple<Tensor, Tensor> similarity_backward(const Tensor& grad_s, const Tensor& regions,
+                                               const Tensor& words, const Tensor& cap_lens,
+                                               const Tensor& lse, double gamma1, double gamma2) {
+  BelowAutograd below_autograd;
+  const auto p = word_region_similarity_backward_params(grad_s, regions, words, cap_lens, lse,
+                                                        gamma1, gamma2);
+  return with_acc_type(regions.scalar_type(), [&](auto acc) {
+    return similarity_backward_typed<decltype(acc)>(p, grad_s, regions, words, cap_lens, lse);
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor> attention_forward(const Tensor& words, const Tensor& regions,
+                                                     const std::optional<Tensor>& word_mask,
+                                                     double gamma1) {
+  BelowAutograd below_autograd;
+  const auto p = word_region_attention_params(words, regions, word_mask, gamma1);
+  return with_acc_type(words.scalar_type(), [&](auto acc) {
+    return attention_forward_typed<decltype(acc)>(p, words, regions, word_mask);
+  });
+}
+
 std::tuple<Tensor, Tensor> attention_backward(const Tensor& grad_context,
                                               const std::optional<Tensor>& grad_attn,
                                               const Tensor& words, const Tensor& regions,
                                               const std::optional<Tensor>& word_mask,
                                               const Tensor& lse, double gamma1) {
   BelowAutograd below_autograd;
-  WordRegionParams p = word_region_attention_backward_params(grad_context, grad_attn, words,
-                                                             regions, word_mask, lse, gamma1);
-  if (words.scalar_type() == at::kDouble) {
-    return attention_backward_typed<double>(p, grad_context, grad_attn, words, regions,
-                                            word_mask, lse);
-  }
-  return attention_backward_typed<float>(p, grad_context, grad_attn, words, regions, word_mask,
-                                         lse);
+  const auto p = word_region_attention_backward_params(grad_context, grad_attn, words, regions,
+                                                       word_mask, lse, gamma1);
+  return with_acc_type(words.scalar_type(), [&](auto acc) {
+    return attention_backward_typed<decltype(acc)>(p, grad_context, grad_attn, words, regions,
+                                                   word_mask, lse);
+  });
 }
 
 }  // namespace
+}  // namespace cpu
+}  // namespace t2i_fast
 
 TORCH_LIBRARY_IMPL(t2i_fast_C, CPU, m) {
-  m.impl("word_region_similarity_forward", &similarity_forward);
-  m.impl("word_region_similarity_backward", &similarity_backward);
-  m.impl("word_region_attention_forward", &attention_forward);
-  m.impl("word_region_attention_backward", &attention_backward);
+  m.impl("word_region_similarity_forward", &t2i_fast::cpu::similarity_forward);
+  m.impl("word_region_similarity_backward", &t2i_fast::cpu::similarity_backward);
+  m.impl("word_region_attention_forward", &t2i_fast::cpu::attention_forward);
+  m.impl("word_region_attention_backward", &t2i_fast::cpu::attention_backward);
 }
-
-}  // namespace t2i_fast

@@ -1,12 +1,14 @@
-// Small device helpers shared by the CUDA kernel files (dynamic_memory.cu,
-// word_region.cu): typed loads, register-row products against shared-memory rows,
-// slot masks, shared-memory carving and the launch-time shared-memory check.
+// Small device helpers shared by the CUDA kernel files (dynamic_memory.cu, word_region.cu):
+// typed loads, register-row products against shared-memory rows, slot masks, shared-memory
+// carving, and the one launch path with its shared-memory check.
 //
-// Convention of both families: the T (<= 32) slots of a row are kept as TM floats, TM = T
-// rounded up to a multiple of 8 and zero-padded, so that rows are whole float4 vectors and the
-// per-thread register arrays have a compile-time size. TM is a template parameter in buckets
-// 8/16/24/32 (with_bucket).
+// Convention of both families: the T (<= kCudaMaxSlots = 32) slots of a row are kept as TM
+// floats, TM = T rounded up to a multiple of 8 and zero-padded (cuda_slot_bucket), so that rows
+// are whole float4 vectors and the per-thread register arrays have a compile-time size. TM is a
+// template parameter in buckets 8/16/24/32 (with_bucket).
 #pragma once
+
+#include "../common.h"
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/BFloat16.h>
@@ -20,17 +22,10 @@
 namespace t2i_fast {
 namespace cuda {
 
-// Largest slot count the register-resident kernels accept.
-constexpr int kMaxSlots = 32;
-
-// The param structs hold untyped pointers (their typed accessors are host-only C++).
-template <typename T>
-__host__ __device__ __forceinline__ const T* typed(const void* p) {
-  return static_cast<const T*>(p);
-}
-template <typename T>
-__host__ __device__ __forceinline__ T* typed(void* p) {
-  return static_cast<T*>(p);
+// The block's dynamic shared memory, as floats (carved with Carve).
+__device__ __forceinline__ float* shared_floats() {
+  extern __shared__ float4 smem4[];
+  return reinterpret_cast<float*>(smem4);
 }
 
 template <typename scalar_t>
@@ -38,13 +33,24 @@ __device__ __forceinline__ float ld(const scalar_t* p) {
   return static_cast<float>(*p);
 }
 
+// A float4 of a shared-memory row, or with kLdg of a global row through the read-only cache
+// (rows that every thread of a block reads).
+template <bool kLdg>
+__device__ __forceinline__ float4 ld4(const float4* p) {
+  if constexpr (kLdg) {
+    return __ldg(p);
+  } else {
+    return *p;
+  }
+}
+
 // acc[t] += x * row[t] for a row of TM floats at a 16-byte aligned address.
-template <int TM>
+template <int TM, bool kLdg = false>
 __device__ __forceinline__ void axpy_row(float (&acc)[TM], float x, const float* row) {
   const float4* r4 = reinterpret_cast<const float4*>(row);
 #pragma unroll
   for (int q = 0; q < TM / 4; ++q) {
-    const float4 w = r4[q];
+    const float4 w = ld4<kLdg>(r4 + q);
     acc[4 * q + 0] += x * w.x;
     acc[4 * q + 1] += x * w.y;
     acc[4 * q + 2] += x * w.z;
@@ -52,39 +58,13 @@ __device__ __forceinline__ void axpy_row(float (&acc)[TM], float x, const float*
   }
 }
 
-// The same from global memory through the read-only cache (rows every thread of a block reads).
-template <int TM>
-__device__ __forceinline__ void axpy_row_ldg(float (&acc)[TM], float x, const float* row) {
-  const float4* r4 = reinterpret_cast<const float4*>(row);
-#pragma unroll
-  for (int q = 0; q < TM / 4; ++q) {
-    const float4 w = __ldg(r4 + q);
-    acc[4 * q + 0] += x * w.x;
-    acc[4 * q + 1] += x * w.y;
-    acc[4 * q + 2] += x * w.z;
-    acc[4 * q + 3] += x * w.w;
-  }
-}
-
-template <int TM>
+template <int TM, bool kLdg = false>
 __device__ __forceinline__ float dot_row(const float (&v)[TM], const float* row) {
   const float4* r4 = reinterpret_cast<const float4*>(row);
   float s = 0.f;
 #pragma unroll
   for (int q = 0; q < TM / 4; ++q) {
-    const float4 w = r4[q];
-    s += v[4 * q] * w.x + v[4 * q + 1] * w.y + v[4 * q + 2] * w.z + v[4 * q + 3] * w.w;
-  }
-  return s;
-}
-
-template <int TM>
-__device__ __forceinline__ float dot_row_ldg(const float (&v)[TM], const float* row) {
-  const float4* r4 = reinterpret_cast<const float4*>(row);
-  float s = 0.f;
-#pragma unroll
-  for (int q = 0; q < TM / 4; ++q) {
-    const float4 w = __ldg(r4 + q);
+    const float4 w = ld4<kLdg>(r4 + q);
     s += v[4 * q] * w.x + v[4 * q + 1] * w.y + v[4 * q + 2] * w.z + v[4 * q + 3] * w.w;
   }
   return s;
@@ -109,6 +89,16 @@ __device__ __forceinline__ void load_row(float (&v)[TM], const float* row) {
     v[4 * q + 1] = w.y;
     v[4 * q + 2] = w.z;
     v[4 * q + 3] = w.w;
+  }
+}
+
+// Loads a (rows, T) slice into shared rows of TM floats, zero-padded; every thread of the block
+// takes part.
+template <int TM, typename scalar_t>
+__device__ void load_rows(float* dst, const scalar_t* src, int rows, int T) {
+  for (int i = threadIdx.x; i < rows * TM; i += blockDim.x) {
+    const int r = i / TM, t = i % TM;
+    dst[i] = t < T ? ld(src + r * T + t) : 0.f;
   }
 }
 
@@ -138,7 +128,8 @@ struct Carve {
   }
 };
 
-// Runs f(std::integral_constant<int, TM>) for the slot bucket tm.
+// Runs f(std::integral_constant<int, TM>) for the slot bucket tm (the callers have checked
+// T <= kCudaMaxSlots, so tm is one of the buckets).
 template <typename F>
 void with_bucket(int tm, const F& f) {
   switch (tm) {
@@ -150,9 +141,13 @@ void with_bucket(int tm, const F& f) {
   }
 }
 
-// Allows `kernel` `bytes` of dynamic shared memory, or raises naming `op` if the device has less.
-template <typename Kernel>
-void allow_shared_memory(Kernel kernel, size_t bytes, const char* op) {
+// Launches kernel<<<grid, threads, smem_floats floats of dynamic shared memory>>>(args...) on
+// stream, after allowing it that much shared memory or raising, naming `op`, if the device has
+// less.
+template <typename Kernel, typename... Args>
+void launch(Kernel kernel, dim3 grid, int threads, size_t smem_floats, const char* op,
+            cudaStream_t stream, const Args&... args) {
+  const size_t bytes = sizeof(float) * smem_floats;
   int device = 0, limit = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
@@ -163,7 +158,15 @@ void allow_shared_memory(Kernel kernel, size_t bytes, const char* op) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(bytes)));
   }
+  kernel<<<grid, threads, bytes, stream>>>(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
+
+// Explicit instantiations of a launcher for the dtypes of T2I_DISPATCH_GPU_FLOATS.
+#define T2I_FOR_GPU_FLOATS(INSTANTIATE) \
+  INSTANTIATE(float)                    \
+  INSTANTIATE(c10::Half)                \
+  INSTANTIATE(c10::BFloat16)
 
 }  // namespace cuda
 }  // namespace t2i_fast

@@ -1,6 +1,7 @@
-// CUDA kernels of the dynamic-memory family (memory_read, response_gate, dynamic_memory); the
-// argument checks, device guard and dtype dispatch live in dynamic_memory_dispatch.cpp (the two files need
-// different stems: torch's ninja build names the objects after them).
+// CUDA kernels of the dynamic-memory family (memory_read, response_gate, dynamic_memory) and
+// their launchers; the argument checks, device guard and dtype dispatch live in
+// dynamic_memory_dispatch.cpp (the two files need different stems: torch's ninja build names the
+// objects after them).
 //
 // Design. One thread per pixel. A pixel's C channels sit N apart in NCHW, so a warp reading
 // channel c of 32 consecutive pixels touches 128 contiguous bytes (fp32): the loads coalesce
@@ -22,10 +23,11 @@
 // host side sums the partials over the block dimension (deterministic, no atomics). The pixel
 // sums read h and grad_out again through a small transposing shared-memory stage (L1/L2 hits).
 //
-// Limits: T <= 32 (the slot bucket). Shared memory per block is about (C + Cv) * TM * 4 bytes in
-// forward and (C + Cv) * (2 TM + 33) * 4 + 2 * 128 * TM * 4 bytes in backward, within the
-// device's 227 KB up to C = Cv = 256 for T <= 24 and C = Cv = 192 for T = 32 (DM-GAN: C = 64,
-// T = 18 takes 67 KB); larger shapes raise a clear error at launch.
+// Limits: T <= kCudaMaxSlots = 32 (the slot bucket) and B <= kCudaMaxBatch (grid dimension y),
+// both checked in dynamic_memory_dispatch.cpp. Shared memory per block is about
+// (C + Cv) * TM * 4 bytes in forward and (C + Cv) * (2 TM + 33) * 4 + 2 * 128 * TM * 4 bytes in
+// backward, within the device's 227 KB up to C = Cv = 256 for T <= 24 and C = Cv = 192 for
+// T = 32 (DM-GAN: C = 64, T = 18 takes 67 KB); larger shapes raise a clear error at launch.
 #include "../dynamic_memory.h"
 #include "common.cuh"
 
@@ -46,6 +48,25 @@ constexpr int kBackwardThreads = 128;  // pixels per backward tile; also rows of
 constexpr int kChunk = 32;             // pixels per transposing stage of the backward sums
 
 __device__ __forceinline__ float sigmoid(float z) { return 1.f / (1.f + expf(-z)); }
+
+// The gate after a read: sigmoid(z + sum_t a[t] u[t]), z = w_h . h + bias (see stage_memory).
+template <int TM>
+__device__ __forceinline__ float read_gate(float z, const float (&a)[TM], const float* u) {
+#pragma unroll
+  for (int t = 0; t < TM; ++t) z += a[t] * u[t];
+  return sigmoid(z);
+}
+
+// with_bucket for the variants with key/value; without them no row of slots exists and the
+// kernels take TM = 4 (one float4) without using it.
+template <bool ATTN, typename F>
+void with_slot_bucket(int tm, const F& f) {
+  if constexpr (ATTN) {
+    with_bucket(tm, f);
+  } else {
+    f(std::integral_constant<int, 4>{});
+  }
+}
 
 // Shared-memory layouts (offsets in floats), one source for the kernels and their launchers.
 struct ForwardSmem {
@@ -94,49 +115,78 @@ __host__ __device__ BackwardSmem backward_smem(int C, int Cv, int TM) {
   return s;
 }
 
-template <typename scalar_t, int TM, bool ATTN, bool GATE>
-__global__ void __launch_bounds__(kForwardThreads)
-    dynamic_memory_forward_kernel(const DynamicMemoryParams p) {
-  extern __shared__ float4 smem4[];
-  float* smem = reinterpret_cast<float*>(smem4);
+// The per-image operands every block stages first, in shared memory: key (C, TM) and value
+// (Cv, TM) of its image b, the gate weights [w_h; w_o] (2C), u[t] = w_o . value[:, t] (TM) and
+// the unmasked slots of b's mask row.
+struct Memory {
+  float* key;
+  float* value;
+  float* w;
+  float* u;
+  unsigned* bits;
+};
+
+// Carves the Memory part of layout L (ForwardSmem or BackwardSmem) out of smem, loads it and
+// ends with a barrier. The gate sees the read-out o only through w_o . o = sum_t a[t] u[t], so
+// no pass over o is needed.
+template <typename scalar_t, int TM, bool ATTN, bool GATE, typename Smem>
+__device__ Memory stage_memory(const DynamicMemoryParams& p, int64_t b, float* smem,
+                               const Smem& L) {
+  const Memory m{smem + L.key, smem + L.value, smem + L.w, smem + L.u,
+                 reinterpret_cast<unsigned*>(smem + L.bits)};
   const int C = static_cast<int>(p.C), Cv = static_cast<int>(p.Cv), T = static_cast<int>(p.T);
-  const int64_t N = p.N, B = p.B;
-  const int64_t b = blockIdx.y;
-  const int tid = threadIdx.x;
-
-  const ForwardSmem L = forward_smem<ATTN, GATE>(C, Cv, TM);
-  float* key_s = smem + L.key;
-  float* val_s = smem + L.value;
-  float* w_s = smem + L.w;
-  float* u_s = smem + L.u;
-  unsigned* bits_s = reinterpret_cast<unsigned*>(smem + L.bits);
-
   if constexpr (ATTN) {
-    const scalar_t* key = typed<scalar_t>(p.key) + b * C * T;
-    const scalar_t* value = typed<scalar_t>(p.value) + b * Cv * T;
-    for (int i = tid; i < C * TM; i += blockDim.x) {
-      const int c = i / TM, t = i % TM;
-      key_s[i] = t < T ? ld(key + c * T + t) : 0.f;
-    }
-    for (int i = tid; i < Cv * TM; i += blockDim.x) {
-      const int c = i / TM, t = i % TM;
-      val_s[i] = t < T ? ld(value + c * T + t) : 0.f;
-    }
-    if (tid == 0) bits_s[0] = p.has_mask ? unmasked_slots(p.mask, b, T) : first_slots(T);
+    load_rows<TM>(m.key, typed<scalar_t>(p.key) + b * C * T, C, T);
+    load_rows<TM>(m.value, typed<scalar_t>(p.value) + b * Cv * T, Cv, T);
+    if (threadIdx.x == 0) m.bits[0] = p.has_mask ? unmasked_slots(p.mask, b, T) : first_slots(T);
   }
   if constexpr (GATE) {
-    for (int i = tid; i < 2 * C; i += blockDim.x) w_s[i] = ld(typed<scalar_t>(p.gate_weight) + i);
+    for (int i = threadIdx.x; i < 2 * C; i += blockDim.x) {
+      m.w[i] = ld(typed<scalar_t>(p.gate_weight) + i);
+    }
   }
   __syncthreads();
   if constexpr (ATTN && GATE) {
-    // The gate sees o only through w_o . o = sum_t a[t] u[t]: no pass over o is needed.
-    for (int t = tid; t < TM; t += blockDim.x) {
+    for (int t = threadIdx.x; t < TM; t += blockDim.x) {
       float s = 0.f;
-      for (int c = 0; c < C; ++c) s += w_s[C + c] * val_s[c * TM + t];
-      u_s[t] = s;
+      for (int c = 0; c < C; ++c) s += m.w[C + c] * m.value[c * TM + t];
+      m.u[t] = s;
     }
     __syncthreads();
   }
+  return m;
+}
+
+// Pixel n of image b (h at image b): a[t] = key[:, t] . h[:, n] unscaled, zh = w_h . h[:, n]
+// with the gate, and the pixel's unmasked slots (its own mask row under mask_compat).
+template <int TM, bool GATE, typename scalar_t>
+__device__ __forceinline__ unsigned pixel_scores(const DynamicMemoryParams& p, const Memory& m,
+                                                 const scalar_t* h, int64_t b, int64_t n,
+                                                 float (&a)[TM], float& zh) {
+  const int64_t N = p.N;
+#pragma unroll
+  for (int t = 0; t < TM; ++t) a[t] = 0.f;
+  for (int c = 0; c < static_cast<int>(p.C); ++c) {
+    const float x = ld(h + c * N + n);
+    axpy_row<TM>(a, x, m.key + c * TM);
+    if constexpr (GATE) zh += m.w[c] * x;
+  }
+  return p.has_mask && p.mask_compat
+             ? unmasked_slots(p.mask, mask_compat_row(b, n, N, p.B), static_cast<int>(p.T))
+             : m.bits[0];
+}
+
+template <typename scalar_t, int TM, bool ATTN, bool GATE>
+__global__ void __launch_bounds__(kForwardThreads)
+    dynamic_memory_forward_kernel(const DynamicMemoryParams p) {
+  float* smem = shared_floats();
+  const int C = static_cast<int>(p.C), Cv = static_cast<int>(p.Cv), T = static_cast<int>(p.T);
+  const int64_t N = p.N;
+  const int64_t b = blockIdx.y;
+  const int tid = threadIdx.x;
+
+  const Memory m =
+      stage_memory<scalar_t, TM, ATTN, GATE>(p, b, smem, forward_smem<ATTN, GATE>(C, Cv, TM));
   const float bias = GATE ? ld(typed<scalar_t>(p.gate_bias)) : 0.f;
   const float scale = static_cast<float>(p.scale);
   const scalar_t* h = typed<scalar_t>(p.h) + b * C * N;
@@ -146,17 +196,8 @@ __global__ void __launch_bounds__(kForwardThreads)
        n += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     if constexpr (ATTN) {
       float a[TM];
-#pragma unroll
-      for (int t = 0; t < TM; ++t) a[t] = 0.f;
       float zh = 0.f;
-      for (int c = 0; c < C; ++c) {
-        const float x = ld(h + c * N + n);
-        axpy_row<TM>(a, x, key_s + c * TM);
-        if constexpr (GATE) zh += w_s[c] * x;
-      }
-      const unsigned valid = !p.has_mask ? bits_s[0]
-                             : p.mask_compat ? unmasked_slots(p.mask, (b * N + n) % B, T)
-                                             : bits_s[0];
+      const unsigned valid = pixel_scores<TM, GATE>(p, m, h, b, n, a, zh);
       float peak = -INFINITY;
 #pragma unroll
       for (int t = 0; t < TM; ++t) {
@@ -189,14 +230,11 @@ __global__ void __launch_bounds__(kForwardThreads)
       }
       float g = 0.f;
       if constexpr (GATE) {
-        float z = zh + bias;
-#pragma unroll
-        for (int t = 0; t < TM; ++t) z += a[t] * u_s[t];
-        g = sigmoid(z);
+        g = read_gate<TM>(zh + bias, a, m.u);
         if (p.gate != nullptr) typed<scalar_t>(p.gate)[b * N + n] = static_cast<scalar_t>(g);
       }
       for (int c = 0; c < Cv; ++c) {
-        const float o = dot_row<TM>(a, val_s + c * TM);
+        const float o = dot_row<TM>(a, m.value + c * TM);
         float y = o;
         if constexpr (GATE) y = ld(h + c * N + n) * (1.f - g) + g * o;
         out[c * N + n] = static_cast<scalar_t>(y);
@@ -205,7 +243,7 @@ __global__ void __launch_bounds__(kForwardThreads)
       // Gate only: o is an input.
       const scalar_t* o = typed<scalar_t>(p.o) + b * C * N;
       float z = bias;
-      for (int c = 0; c < C; ++c) z += w_s[c] * ld(h + c * N + n) + w_s[C + c] * ld(o + c * N + n);
+      for (int c = 0; c < C; ++c) z += m.w[c] * ld(h + c * N + n) + m.w[C + c] * ld(o + c * N + n);
       const float g = sigmoid(z);
       if (p.gate != nullptr) typed<scalar_t>(p.gate)[b * N + n] = static_cast<scalar_t>(g);
       for (int c = 0; c < C; ++c) {
@@ -225,20 +263,15 @@ __host__ __device__ inline int64_t partial_floats(bool attn, bool gate, int64_t 
 template <typename scalar_t, int TM, bool ATTN, bool GATE>
 __global__ void __launch_bounds__(kBackwardThreads)
     dynamic_memory_backward_kernel(const DynamicMemoryParams p, float* partials) {
-  extern __shared__ float4 smem4[];
-  float* smem = reinterpret_cast<float*>(smem4);
+  float* smem = shared_floats();
   constexpr int P = kBackwardThreads, S = kChunk + 1, Q = TM / 4;
   const int C = static_cast<int>(p.C), Cv = static_cast<int>(p.Cv), T = static_cast<int>(p.T);
   const int Cy = ATTN ? Cv : C;  // channels of the second staged input: do, or o
-  const int64_t N = p.N, B = p.B;
+  const int64_t N = p.N;
   const int64_t b = blockIdx.y;
   const int tid = threadIdx.x;
 
   const BackwardSmem L = backward_smem<ATTN, GATE>(C, Cv, TM);
-  float* key_s = smem + L.key;
-  float* val_s = smem + L.value;
-  float* w_s = smem + L.w;
-  float* u_s = smem + L.u;
   float* ds_s = smem + L.ds;
   float* a_s = smem + L.a;
   float* g_s = smem + L.g;
@@ -250,40 +283,17 @@ __global__ void __launch_bounds__(kBackwardThreads)
   float* dw_acc = smem + L.dw;
   float* za_acc = smem + L.za;
   float* db_acc = smem + L.db;
-  unsigned* bits_s = reinterpret_cast<unsigned*>(smem + L.bits);
 
   if constexpr (ATTN) {
-    const scalar_t* key = typed<scalar_t>(p.key) + b * C * T;
-    const scalar_t* value = typed<scalar_t>(p.value) + b * Cv * T;
-    for (int i = tid; i < C * TM; i += P) {
-      const int c = i / TM, t = i % TM;
-      key_s[i] = t < T ? ld(key + c * T + t) : 0.f;
-      dk_acc[i] = 0.f;
-    }
-    for (int i = tid; i < Cv * TM; i += P) {
-      const int c = i / TM, t = i % TM;
-      val_s[i] = t < T ? ld(value + c * T + t) : 0.f;
-      dv_acc[i] = 0.f;
-    }
-    if (tid == 0) bits_s[0] = p.has_mask ? unmasked_slots(p.mask, b, T) : first_slots(T);
+    for (int i = tid; i < C * TM; i += P) dk_acc[i] = 0.f;
+    for (int i = tid; i < Cv * TM; i += P) dv_acc[i] = 0.f;
   }
   if constexpr (GATE) {
-    for (int i = tid; i < 2 * C; i += P) {
-      w_s[i] = ld(typed<scalar_t>(p.gate_weight) + i);
-      dw_acc[i] = 0.f;
-    }
+    for (int i = tid; i < 2 * C; i += P) dw_acc[i] = 0.f;
     for (int t = tid; t < TM; t += P) za_acc[t] = 0.f;
     if (tid == 0) db_acc[0] = 0.f;
   }
-  __syncthreads();
-  if constexpr (ATTN && GATE) {
-    for (int t = tid; t < TM; t += P) {
-      float s = 0.f;
-      for (int c = 0; c < C; ++c) s += w_s[C + c] * val_s[c * TM + t];
-      u_s[t] = s;
-    }
-    __syncthreads();
-  }
+  const Memory m = stage_memory<scalar_t, TM, ATTN, GATE>(p, b, smem, L);
   const float bias = GATE ? ld(typed<scalar_t>(p.gate_bias)) : 0.f;
   const float scale = static_cast<float>(p.scale);
   const scalar_t* h = typed<scalar_t>(p.h) + b * C * N;
@@ -302,27 +312,16 @@ __global__ void __launch_bounds__(kBackwardThreads)
       for (int t = 0; t < TM; ++t) a[t] = q[t] = 0.f;
       float zh = 0.f, g = 0.f, dz = 0.f;
       if (live) {
-        for (int c = 0; c < C; ++c) {
-          const float x = ld(h + c * N + n);
-          axpy_row<TM>(a, x, key_s + c * TM);
-          if constexpr (GATE) zh += w_s[c] * x;
-        }
-        const unsigned valid = p.has_mask && p.mask_compat
-                                   ? unmasked_slots(p.mask, (b * N + n) % B, T) : bits_s[0];
+        const unsigned valid = pixel_scores<TM, GATE>(p, m, h, b, n, a, zh);
         const float lse = p.lse[b * N + n];  // +inf on a fully masked pixel: a = 0
 #pragma unroll
         for (int t = 0; t < TM; ++t) a[t] = ((valid >> t) & 1u) ? expf(scale * a[t] - lse) : 0.f;
         float dg = 0.f;
-        if constexpr (GATE) {
-          float z = zh + bias;
-#pragma unroll
-          for (int t = 0; t < TM; ++t) z += a[t] * u_s[t];
-          g = sigmoid(z);
-        }
+        if constexpr (GATE) g = read_gate<TM>(zh + bias, a, m.u);
         for (int c = 0; c < Cv; ++c) {
           const float go = ld(gout + c * N + n);
-          axpy_row<TM>(q, go, val_s + c * TM);  // q[t] = sum_c grad_out[c] value[c, t]
-          if constexpr (GATE) dg += go * (dot_row<TM>(a, val_s + c * TM) - ld(h + c * N + n));
+          axpy_row<TM>(q, go, m.value + c * TM);  // q[t] = sum_c grad_out[c] value[c, t]
+          if constexpr (GATE) dg += go * (dot_row<TM>(a, m.value + c * TM) - ld(h + c * N + n));
         }
         if constexpr (GATE) {
           if (p.grad_gate != nullptr) dg += ld(typed<scalar_t>(p.grad_gate) + b * N + n);
@@ -332,7 +331,7 @@ __global__ void __launch_bounds__(kBackwardThreads)
         float rowdot = 0.f;
 #pragma unroll
         for (int t = 0; t < TM; ++t) {
-          float da = GATE ? g * q[t] + dz * u_s[t] : q[t];
+          float da = GATE ? g * q[t] + dz * m.u[t] : q[t];
           if (p.grad_attn != nullptr && t < T) {
             da += ld(typed<scalar_t>(p.grad_attn) + (b * T + t) * N + n);
           }
@@ -342,8 +341,8 @@ __global__ void __launch_bounds__(kBackwardThreads)
 #pragma unroll
         for (int t = 0; t < TM; ++t) q[t] = scale * a[t] * (q[t] - rowdot);  // scale * ds
         for (int c = 0; c < C; ++c) {
-          float d = dot_row<TM>(q, key_s + c * TM);
-          if constexpr (GATE) d += ld(gout + c * N + n) * (1.f - g) + dz * w_s[c];
+          float d = dot_row<TM>(q, m.key + c * TM);
+          if constexpr (GATE) d += ld(gout + c * N + n) * (1.f - g) + dz * m.w[c];
           dh[c * N + n] = static_cast<scalar_t>(d);
         }
       }
@@ -363,7 +362,7 @@ __global__ void __launch_bounds__(kBackwardThreads)
       if (live) {
         float z = bias;
         for (int c = 0; c < C; ++c) {
-          z += w_s[c] * ld(h + c * N + n) + w_s[C + c] * ld(o_in + c * N + n);
+          z += m.w[c] * ld(h + c * N + n) + m.w[C + c] * ld(o_in + c * N + n);
         }
         const float g = sigmoid(z);
         float dg = p.grad_gate != nullptr ? ld(typed<scalar_t>(p.grad_gate) + b * N + n) : 0.f;
@@ -374,8 +373,8 @@ __global__ void __launch_bounds__(kBackwardThreads)
         scalar_t* d_o = typed<scalar_t>(p.d_o) + b * C * N;
         for (int c = 0; c < C; ++c) {
           const float go = ld(gout + c * N + n);
-          dh[c * N + n] = static_cast<scalar_t>(go * (1.f - g) + dz * w_s[c]);
-          d_o[c * N + n] = static_cast<scalar_t>(go * g + dz * w_s[C + c]);
+          dh[c * N + n] = static_cast<scalar_t>(go * (1.f - g) + dz * m.w[c]);
+          d_o[c * N + n] = static_cast<scalar_t>(go * g + dz * m.w[C + c]);
         }
       }
       dz_s[tid] = dz;
@@ -395,7 +394,7 @@ __global__ void __launch_bounds__(kBackwardThreads)
         if (n0 + k < N) {
           if constexpr (ATTN) {
             y = ld(gout + c * N + n0 + k);
-            if constexpr (GATE) y = y * g_s[pc + k] + dz_s[pc + k] * w_s[C + c];
+            if constexpr (GATE) y = y * g_s[pc + k] + dz_s[pc + k] * m.w[C + c];
           } else {
             y = ld(o_in + c * N + n0 + k);
           }
@@ -471,7 +470,7 @@ __global__ void __launch_bounds__(kBackwardThreads)
       float wo = dw_acc[C + c];
       if constexpr (ATTN) {  // sum_n dz o[c] = sum_t value[c, t] sum_n dz a[t]
         wo = 0.f;
-        for (int t = 0; t < TM; ++t) wo += val_s[c * TM + t] * za_acc[t];
+        for (int t = 0; t < TM; ++t) wo += m.value[c * TM + t] * za_acc[t];
       }
       part[C + c] = wo;
     }
@@ -479,86 +478,44 @@ __global__ void __launch_bounds__(kBackwardThreads)
   }
 }
 
-template <typename scalar_t, bool ATTN, bool GATE>
-void forward_variant(const DynamicMemoryParams& p, int tm, int blocks_per_image,
-                     cudaStream_t stream) {
-  const auto launch = [&](auto bucket) {
-    constexpr int TM = decltype(bucket)::value;
-    const auto kernel = dynamic_memory_forward_kernel<scalar_t, TM, ATTN, GATE>;
-    const size_t bytes = sizeof(float) * forward_smem<ATTN, GATE>(int(p.C), int(p.Cv), TM).total;
-    allow_shared_memory(kernel, bytes, "dynamic_memory_forward");
-    const dim3 grid(blocks_per_image, static_cast<unsigned>(p.B));
-    kernel<<<grid, kForwardThreads, bytes, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  };
-  if constexpr (ATTN) {
-    with_bucket(tm, launch);
-  } else {
-    launch(std::integral_constant<int, 4>{});  // no slots: the bucket is unused
-  }
-}
-
-template <typename scalar_t, bool ATTN, bool GATE>
-void backward_variant(const DynamicMemoryParams& p, int tm, int blocks_per_image,
-                      float* partials, cudaStream_t stream) {
-  const auto launch = [&](auto bucket) {
-    constexpr int TM = decltype(bucket)::value;
-    const auto kernel = dynamic_memory_backward_kernel<scalar_t, TM, ATTN, GATE>;
-    const size_t bytes =
-        sizeof(float) * backward_smem<ATTN, GATE>(int(p.C), int(p.Cv), TM).total;
-    allow_shared_memory(kernel, bytes, "dynamic_memory_backward");
-    const dim3 grid(blocks_per_image, static_cast<unsigned>(p.B));
-    kernel<<<grid, kBackwardThreads, bytes, stream>>>(p, partials);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  };
-  if constexpr (ATTN) {
-    with_bucket(tm, launch);
-  } else {
-    launch(std::integral_constant<int, 4>{});
-  }
-}
-
 }  // namespace
 
-// Launchers (declared in dynamic_memory.cpp). tm: the slot bucket (T rounded up to 8), 4 without
-// key/value. Variant without key/value and without gate is handled by the caller.
+// The launcher (declared in dynamic_memory_dispatch.cpp): the forward kernel, or with `backward`
+// the backward kernel, which fully writes partials (B, blocks_per_image,
+// dynamic_memory_partial_floats(...)) float32. tm: the slot bucket (cuda_slot_bucket of T), 4
+// without key/value, where it sizes nothing. The caller handles o alone (no key/value, no gate)
+// without a kernel.
 template <typename scalar_t>
-void dynamic_memory_forward_launch(const DynamicMemoryParams& p, int tm, int blocks_per_image,
-                                   cudaStream_t stream) {
-  if (p.has_attn && p.has_gate) {
-    forward_variant<scalar_t, true, true>(p, tm, blocks_per_image, stream);
-  } else if (p.has_attn) {
-    forward_variant<scalar_t, true, false>(p, tm, blocks_per_image, stream);
-  } else {
-    forward_variant<scalar_t, false, true>(p, tm, blocks_per_image, stream);
-  }
-}
-
-// partials: (B, blocks_per_image, dynamic_memory_partial_floats(...)) float32, fully written.
-template <typename scalar_t>
-void dynamic_memory_backward_launch(const DynamicMemoryParams& p, int tm, int blocks_per_image,
-                                    float* partials, cudaStream_t stream) {
-  if (p.has_attn && p.has_gate) {
-    backward_variant<scalar_t, true, true>(p, tm, blocks_per_image, partials, stream);
-  } else if (p.has_attn) {
-    backward_variant<scalar_t, true, false>(p, tm, blocks_per_image, partials, stream);
-  } else {
-    backward_variant<scalar_t, false, true>(p, tm, blocks_per_image, partials, stream);
-  }
+void dynamic_memory_launch(const DynamicMemoryParams& p, bool backward, int tm,
+                           int blocks_per_image, float* partials, cudaStream_t stream) {
+  with_variant(p, [&](auto attn, auto gate) {
+    constexpr bool ATTN = decltype(attn)::value, GATE = decltype(gate)::value;
+    if constexpr (ATTN || GATE) {
+      with_slot_bucket<ATTN>(tm, [&](auto bucket) {
+        constexpr int TM = decltype(bucket)::value;
+        const dim3 grid(blocks_per_image, static_cast<unsigned>(p.B));
+        const int C = static_cast<int>(p.C), Cv = static_cast<int>(p.Cv);
+        if (backward) {
+          launch(dynamic_memory_backward_kernel<scalar_t, TM, ATTN, GATE>, grid, kBackwardThreads,
+                 backward_smem<ATTN, GATE>(C, Cv, TM).total, "dynamic_memory_backward", stream, p,
+                 partials);
+        } else {
+          launch(dynamic_memory_forward_kernel<scalar_t, TM, ATTN, GATE>, grid, kForwardThreads,
+                 forward_smem<ATTN, GATE>(C, Cv, TM).total, "dynamic_memory_forward", stream, p);
+        }
+      });
+    }
+  });
 }
 
 int64_t dynamic_memory_partial_floats(bool attn, bool gate, int64_t C, int64_t Cv, int64_t tm) {
   return partial_floats(attn, gate, C, Cv, tm);
 }
 
-#define T2I_INSTANTIATE(scalar_t)                                                            \
-  template void dynamic_memory_forward_launch<scalar_t>(const DynamicMemoryParams&, int, int, \
-                                                        cudaStream_t);                       \
-  template void dynamic_memory_backward_launch<scalar_t>(const DynamicMemoryParams&, int,     \
-                                                         int, float*, cudaStream_t);
-T2I_INSTANTIATE(float)
-T2I_INSTANTIATE(c10::Half)
-T2I_INSTANTIATE(c10::BFloat16)
+#define T2I_INSTANTIATE(scalar_t)                                                           \
+  template void dynamic_memory_launch<scalar_t>(const DynamicMemoryParams&, bool, int, int, \
+                                                float*, cudaStream_t);
+T2I_FOR_GPU_FLOATS(T2I_INSTANTIATE)
 #undef T2I_INSTANTIATE
 
 }  // namespace cuda

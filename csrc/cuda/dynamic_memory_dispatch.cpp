@@ -1,7 +1,7 @@
 // CUDA bindings of the dynamic-memory family: argument checks (shared with the CPU kernels in
-// csrc/dynamic_memory.h), device guard, current stream, dtype dispatch, output allocation and the
-// deterministic sum of the backward's per-block partials. The kernels are in
-// dynamic_memory.cu.
+// csrc/dynamic_memory.h) and the CUDA limits (csrc/common.h), device guard, current stream,
+// dtype dispatch, output allocation and the deterministic sum of the backward's per-block
+// partials. The kernels and their launcher are in dynamic_memory.cu.
 #include "../dynamic_memory.h"
 
 #include <ATen/ATen.h>
@@ -19,11 +19,8 @@ namespace cuda {
 
 // dynamic_memory.cu
 template <typename scalar_t>
-void dynamic_memory_forward_launch(const DynamicMemoryParams& p, int tm, int blocks_per_image,
-                                   cudaStream_t stream);
-template <typename scalar_t>
-void dynamic_memory_backward_launch(const DynamicMemoryParams& p, int tm, int blocks_per_image,
-                                    float* partials, cudaStream_t stream);
+void dynamic_memory_launch(const DynamicMemoryParams& p, bool backward, int tm,
+                           int blocks_per_image, float* partials, cudaStream_t stream);
 int64_t dynamic_memory_partial_floats(bool attn, bool gate, int64_t C, int64_t Cv, int64_t tm);
 
 namespace {
@@ -31,20 +28,19 @@ namespace {
 using at::Tensor;
 using std::optional;
 
-// The kernels keep T scores per pixel in registers, in buckets of 8 slots, at most 32.
-constexpr int64_t kMaxSlots = 32;
-
+// The kernels keep T scores per pixel in registers; without key/value no slots exist.
 int slot_bucket(const DynamicMemoryParams& p) {
-  return p.has_attn ? static_cast<int>((p.T + 7) / 8 * 8) : 4;
+  return p.has_attn ? cuda_slot_bucket(p.T) : 4;
 }
 
-void check_cuda(const DynamicMemoryParams& p, const Tensor& h) {
-  TORCH_CHECK(h.is_cuda(), "dynamic_memory (cuda): h must be a CUDA tensor");
-  TORCH_CHECK(h.scalar_type() != at::kDouble,
-              "dynamic_memory (cuda): float64 is not supported on the GPU; use impl='reference'");
-  TORCH_CHECK(!p.has_attn || p.T <= kMaxSlots, "dynamic_memory (cuda): at most ", kMaxSlots,
-              " memory slots are supported, got T = ", p.T);
-  TORCH_CHECK(p.B <= 65535, "dynamic_memory (cuda): batch ", p.B, " exceeds 65535");
+// Runs the forward kernel, or with `backward` the backward kernel, on the current stream.
+void run_kernel(const DynamicMemoryParams& p, bool backward, at::ScalarType dtype, int blocks,
+                float* partials) {
+  check_cuda_limits("dynamic_memory", p.T, p.B);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  T2I_DISPATCH_GPU_FLOATS(dtype, "dynamic_memory (cuda)", [&] {
+    dynamic_memory_launch<scalar_t>(p, backward, slot_bucket(p), blocks, partials, stream);
+  });
 }
 
 // Blocks per image: enough for `waves` blocks per SM over the whole batch, at most one per tile.
@@ -55,13 +51,6 @@ int blocks_per_image(const DynamicMemoryParams& p, int64_t pixels_per_block, int
   return static_cast<int>(std::max<int64_t>(1, std::min(tiles, want)));
 }
 
-// The GPU kernels exist for float32, float16 and bfloat16 (float64 is refused in check_cuda).
-#define T2I_DISPATCH_GPU_FLOATS(dtype, name, ...)             \
-  AT_DISPATCH_SWITCH(dtype, name,                            \
-                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
-                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)  \
-                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
-
 std::tuple<Tensor, Tensor, Tensor, Tensor> forward(
     const Tensor& h_in, const optional<Tensor>& o_in, const optional<Tensor>& key_in,
     const optional<Tensor>& value_in, const optional<Tensor>& mask_in,
@@ -70,7 +59,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward(
   DynamicMemoryParams p =
       dynamic_memory_forward_params(h_in, o_in, key_in, value_in, mask_in, gate_weight_in,
                                     gate_bias_in, scale, mask_compat, return_attn, return_gate);
-  check_cuda(p, h_in);
   const c10::cuda::CUDAGuard guard(h_in.device());
   const DynamicMemoryInputs in = bind_forward_inputs(p, h_in, o_in, key_in, value_in, mask_in,
                                                      gate_weight_in, gate_bias_in);
@@ -89,11 +77,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> forward(
   p.lse_out = p.has_attn ? lse.data_ptr<float>() : nullptr;
   p.attn = p.return_attn ? attn.data_ptr() : nullptr;
   p.gate = p.return_gate ? gate.data_ptr() : nullptr;
-  const int blocks = blocks_per_image(p, 256, 8);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  T2I_DISPATCH_GPU_FLOATS(h.scalar_type(), "dynamic_memory_forward", [&] {
-    dynamic_memory_forward_launch<scalar_t>(p, slot_bucket(p), blocks, stream);
-  });
+  run_kernel(p, false, h.scalar_type(), blocks_per_image(p, 256, 8), nullptr);
   return {out, lse, attn, gate};
 }
 
@@ -106,7 +90,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward(
   DynamicMemoryParams p = dynamic_memory_backward_params(
       grad_out_in, grad_attn_in, grad_gate_in, h_in, o_in, key_in, value_in, mask_in,
       gate_weight_in, gate_bias_in, lse_in, scale, mask_compat);
-  check_cuda(p, h_in);
   const c10::cuda::CUDAGuard guard(h_in.device());
   const DynamicMemoryInputs in = bind_backward_inputs(
       p, grad_out_in, grad_attn_in, grad_gate_in, h_in, o_in, key_in, value_in, mask_in,
@@ -127,11 +110,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> backward(
   p.dh = dh.data_ptr();
   p.d_o = o.defined() ? d_o.data_ptr() : nullptr;
   if (p.N > 0 && p.B > 0) {
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    T2I_DISPATCH_GPU_FLOATS(h.scalar_type(), "dynamic_memory_backward", [&] {
-      dynamic_memory_backward_launch<scalar_t>(p, tm, blocks, partials.data_ptr<float>(),
-                                               stream);
-    });
+    run_kernel(p, true, h.scalar_type(), blocks, partials.data_ptr<float>());
   }
   // Sum the partials over the blocks of each image (a fixed-order reduction: deterministic).
   const Tensor sums = partials.sum(1);  // (B, per_block)

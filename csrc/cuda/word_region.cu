@@ -1,5 +1,6 @@
-// CUDA kernels of the word-region family (word_region_similarity, word_region_attention); the
-// argument checks, device guard, dtype dispatch and scratch allocation live in word_region_dispatch.cpp.
+// CUDA kernels of the word-region family (word_region_similarity, word_region_attention) and
+// their launcher; the argument checks, device guard, dtype dispatch and scratch allocation live
+// in word_region_dispatch.cpp.
 //
 // Design. The unit of work is one (word set, region set) pair: caption i against image j for
 // the similarity, index b against index b for the attention. A block holds the pair's words
@@ -27,10 +28,12 @@
 //      column; each column is owned by one thread.
 // The attention backward has index-paired outputs: one block per pair does it all.
 //
-// Limits: T <= 32. The backward blocks hold (2 D + 2 R) * TM floats + ~20 KB of shared memory,
-// which must fit the device's 227 KB: at D = 256 that is R <= ~560 for T = 32, R <= ~820 for
-// T <= 24 (DAMSM's 289 and ITM's 196 regions fit easily); the forward needs about half. Larger
-// shapes raise a clear error at launch. No double backward.
+// Limits: T <= kCudaMaxSlots = 32 and Bi, Bc <= kCudaMaxBatch (grid dimension y), both checked
+// in word_region_dispatch.cpp; caption lengths are clamped into [0, T]. The backward blocks
+// hold (2 D + 2 R) * TM floats + ~20 KB of shared memory, which must fit the device's 227 KB:
+// at D = 256 that is R <= ~560 for T = 32, R <= ~820 for T <= 24 (DAMSM's 289 and ITM's 196
+// regions fit easily); the forward needs about half. Larger shapes raise a clear error at
+// launch. No double backward.
 #include "../word_region.h"
 #include "common.cuh"
 
@@ -50,7 +53,6 @@ namespace {
 constexpr int kChunk = 16;          // regions per stage of cols_product
 constexpr int kMaxThreads = 384;  // 320 for R = 289; caps registers at 168 per thread
 constexpr int kRegionThreads = 64;  // threads (= regions) per block of the regions pass
-constexpr float kCosEps = 1e-8f;    // the upstream cosine clamps |w| |c| at 1e-8
 constexpr int kVectors = 12;        // TM-sized vectors a block keeps in shared memory
 
 using Prm = WordRegionParams;
@@ -74,6 +76,18 @@ __host__ __device__ inline PairSmem pair_smem(int D, int R, int TM, int threads,
   s.xs = c.take(kChunk * (threads + 1)); // stage of cols_product: X transposed
   s.total = c.floats;
   return s;
+}
+
+// The pieces of a per-pair kernel's shared memory, carved as pair_smem lays them out.
+struct PairShared {
+  float *W, *C, *A, *G, *red, *vec, *ps, *xs;
+};
+
+__device__ PairShared pair_shared(int D, int R, int TM, bool has_c, bool has_g) {
+  float* smem = shared_floats();
+  const PairSmem L = pair_smem(D, R, TM, blockDim.x, has_c, has_g);
+  return {smem + L.W,   smem + L.C,   smem + L.A,  smem + L.G,
+          smem + L.red, smem + L.vec, smem + L.ps, smem + L.xs};
 }
 
 int pair_threads(int64_t R) {
@@ -132,6 +146,19 @@ __device__ void block_reduce(float (&v)[TM], float* red, float* out) {
   __syncthreads();
 }
 
+// out[t] = sum_d W[d, t]^2 for W (D, TM) in shared memory, by a block reduction.
+template <int TM>
+__device__ void squared_norms(const float* W, int D, float* red, float* out) {
+  float part[TM];
+#pragma unroll
+  for (int t = 0; t < TM; ++t) part[t] = 0.f;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+#pragma unroll
+    for (int t = 0; t < TM; ++t) part[t] += W[d * TM + t] * W[d * TM + t];
+  }
+  block_reduce<TM, false>(part, red, out);
+}
+
 // Region-major product: for every region r (one thread each), acc[t] = sum_d X[d, r] M[d, t]
 // with M (D, TM) in shared memory, then f(r, acc).
 template <int TM, typename scalar_t, typename F>
@@ -178,31 +205,31 @@ __device__ void cols_product(const scalar_t* __restrict__ X, int R, int D, float
   __syncthreads();
 }
 
-// Loads a (D, T) slice into shared rows of TM floats, zero-padded.
-template <int TM, typename scalar_t>
-__device__ void load_rows(float* dst, const scalar_t* src, int D, int T) {
-  for (int i = threadIdx.x; i < D * TM; i += blockDim.x) {
-    const int d = i / TM, t = i % TM;
-    dst[i] = t < T ? ld(src + d * T + t) : 0.f;
-  }
-}
-
+// The real words of caption i: its first caption_length(cap_lens[i], T) slots.
 __device__ __forceinline__ unsigned caption_words(const Prm& p, int64_t i) {
-  const int64_t len = p.cap_lens[i];
-  return first_slots(static_cast<int>(len < 0 ? 0 : len > p.T ? p.T : len));
+  return first_slots(static_cast<int>(caption_length(p.cap_lens[i], p.T)));
 }
 
-struct Cosine {
-  float cos, den;
-  bool clamped;
+// log sum_t exp(z_t), z_t = g2 cos_t, over the valid words, with a running maximum (one pass):
+// S = peak + log(total). u = w.c, w2 = |w|^2, c2 = |c|^2 per word, in shared memory.
+struct WordSum {
+  float peak, total;
 };
 
-// The upstream cosine u / max(|w| |c|, 1e-8) from u = w.c, w2 = |w|^2, c2 = |c|^2.
-__device__ __forceinline__ Cosine cosine(float u, float w2, float c2) {
-  const float den = sqrtf(w2) * sqrtf(c2);
-  const bool clamped = !(den > kCosEps);
-  const float safe = clamped ? kCosEps : den;
-  return {u / safe, safe, clamped};
+template <int TM>
+__device__ WordSum cosine_log_sum_exp(const float* u, const float* w2, const float* c2,
+                                      unsigned valid, float g2) {
+  float peak = -INFINITY, total = 0.f;
+  for (int t = 0; t < TM; ++t) {
+    if (!slot_on(valid, t)) continue;
+    const float z = g2 * cosine(u[t], w2[t], c2[t]).cos;
+    if (z > peak) {
+      total *= expf(peak - z);
+      peak = z;
+    }
+    total += expf(z - peak);
+  }
+  return {peak, total};
 }
 
 // ------------------------------------------------------------------------------------------
@@ -210,19 +237,12 @@ __device__ __forceinline__ Cosine cosine(float u, float w2, float c2) {
 // ------------------------------------------------------------------------------------------
 template <typename scalar_t, int TM, bool SIM>
 __global__ void __launch_bounds__(kMaxThreads) pair_forward_kernel(const Prm p) {
-  extern __shared__ float4 smem4[];
-  float* smem = reinterpret_cast<float*>(smem4);
   const int D = static_cast<int>(p.D), R = static_cast<int>(p.R), T = static_cast<int>(p.T);
   const int tid = threadIdx.x;
   const int64_t i = blockIdx.x, j = SIM ? blockIdx.y : blockIdx.x;
-  const PairSmem L = pair_smem(D, R, TM, blockDim.x, false, false);
-  float* Ws = smem + L.W;
-  float* As = smem + L.A;
-  float* red = smem + L.red;
-  float* lse_s = smem + L.vec;
-  float* v1 = lse_s + TM;
-  float* v2 = v1 + TM;
-  float* v3 = v2 + TM;
+  const PairShared sh = pair_shared(D, R, TM, false, false);
+  float *Ws = sh.W, *As = sh.A, *red = sh.red, *lse_s = sh.vec;
+  float *v1 = lse_s + TM, *v2 = v1 + TM, *v3 = v2 + TM;
 
   const scalar_t* X = typed<scalar_t>(p.regions) + j * D * R;
   load_rows<TM>(Ws, typed<scalar_t>(p.words) + i * D * T, D, T);
@@ -257,16 +277,10 @@ __global__ void __launch_bounds__(kMaxThreads) pair_forward_kernel(const Prm p) 
 
   if constexpr (SIM) {
     float pu[TM], pc[TM];
-#pragma unroll
-    for (int t = 0; t < TM; ++t) pu[t] = 0.f;
-    for (int d = tid; d < D; d += blockDim.x) {
-#pragma unroll
-      for (int t = 0; t < TM; ++t) pu[t] += Ws[d * TM + t] * Ws[d * TM + t];
-    }
-    block_reduce<TM, false>(pu, red, v3);  // |w|^2
+    squared_norms<TM>(Ws, D, red, v3);  // |w|^2
 #pragma unroll
     for (int t = 0; t < TM; ++t) pu[t] = pc[t] = 0.f;
-    cols_product<TM>(X, R, D, smem + L.xs, smem + L.ps, region_softmax,
+    cols_product<TM>(X, R, D, sh.xs, sh.ps, region_softmax,
                      [&](int d, float (&c)[TM]) {
 #pragma unroll
       for (int t = 0; t < TM; ++t) {
@@ -277,18 +291,8 @@ __global__ void __launch_bounds__(kMaxThreads) pair_forward_kernel(const Prm p) 
     block_reduce<TM, false>(pu, red, v1);  // w.c
     block_reduce<TM, false>(pc, red, v2);  // |c|^2
     if (tid == 0) {
-      const float g2 = static_cast<float>(p.gamma2);
-      float peak = -INFINITY, total = 0.f;
-      for (int t = 0; t < TM; ++t) {
-        if (!slot_on(valid, t)) continue;
-        const float z = g2 * cosine(v1[t], v3[t], v2[t]).cos;
-        if (z > peak) {
-          total *= expf(peak - z);
-          peak = z;
-        }
-        total += expf(z - peak);
-      }
-      typed<scalar_t>(p.sim)[j * p.Bc + i] = static_cast<scalar_t>(peak + logf(total));
+      const WordSum S = cosine_log_sum_exp<TM>(v1, v3, v2, valid, static_cast<float>(p.gamma2));
+      typed<scalar_t>(p.sim)[j * p.Bc + i] = static_cast<scalar_t>(S.peak + logf(S.total));
     }
   } else {
     scalar_t* attn = typed<scalar_t>(p.attn) + i * T * R;
@@ -296,7 +300,7 @@ __global__ void __launch_bounds__(kMaxThreads) pair_forward_kernel(const Prm p) 
       attn[k] = static_cast<scalar_t>(region_softmax(k % R, k / R));
     }
     scalar_t* context = typed<scalar_t>(p.context) + i * D * T;
-    cols_product<TM>(X, R, D, smem + L.xs, smem + L.ps, region_softmax,
+    cols_product<TM>(X, R, D, sh.xs, sh.ps, region_softmax,
                      [&](int d, float (&c)[TM]) {
 #pragma unroll
       for (int t = 0; t < TM; ++t) {
@@ -327,18 +331,11 @@ __device__ __forceinline__ void softmax_grads(float (&a)[TM], float (&gb)[TM], c
 // ------------------------------------------------------------------------------------------
 template <typename scalar_t, int TM>
 __global__ void __launch_bounds__(kMaxThreads) attention_backward_kernel(const Prm p) {
-  extern __shared__ float4 smem4[];
-  float* smem = reinterpret_cast<float*>(smem4);
   const int D = static_cast<int>(p.D), R = static_cast<int>(p.R), T = static_cast<int>(p.T);
   const int tid = threadIdx.x;
   const int64_t b = blockIdx.x;
-  const PairSmem L = pair_smem(D, R, TM, blockDim.x, true, true);
-  float* Ws = smem + L.W;
-  float* GCs = smem + L.C;
-  float* As = smem + L.A;
-  float* Gs = smem + L.G;
-  float* red = smem + L.red;
-  float* lse_s = smem + L.vec;
+  const PairShared sh = pair_shared(D, R, TM, true, true);
+  float *Ws = sh.W, *GCs = sh.C, *As = sh.A, *Gs = sh.G, *red = sh.red, *lse_s = sh.vec;
   float* delta_s = lse_s + TM;
 
   const scalar_t* X = typed<scalar_t>(p.regions) + b * D * R;
@@ -385,7 +382,7 @@ __global__ void __launch_bounds__(kMaxThreads) attention_backward_kernel(const P
   }
   // d_words = X gS.
   scalar_t* dW = typed<scalar_t>(p.d_words) + b * D * T;
-  cols_product<TM>(X, R, D, smem + L.xs, smem + L.ps,
+  cols_product<TM>(X, R, D, sh.xs, sh.ps,
                    [&](int r, int t) { return Gs[r * TM + t]; },
                    [&](int d, float (&acc)[TM]) {
 #pragma unroll
@@ -401,18 +398,11 @@ __global__ void __launch_bounds__(kMaxThreads) attention_backward_kernel(const P
 // ------------------------------------------------------------------------------------------
 template <typename scalar_t, int TM>
 __global__ void __launch_bounds__(kMaxThreads) similarity_backward_words_kernel(const Prm p) {
-  extern __shared__ float4 smem4[];
-  float* smem = reinterpret_cast<float*>(smem4);
   const int D = static_cast<int>(p.D), R = static_cast<int>(p.R), T = static_cast<int>(p.T);
   const int tid = threadIdx.x;
   const int64_t i = blockIdx.x, group = blockIdx.y, Bi = p.Bi, Bc = p.Bc;
-  const PairSmem L = pair_smem(D, R, TM, blockDim.x, true, true);
-  float* Ws = smem + L.W;
-  float* Cs = smem + L.C;
-  float* As = smem + L.A;
-  float* Gs = smem + L.G;
-  float* red = smem + L.red;
-  float* lse_s = smem + L.vec;
+  const PairShared sh = pair_shared(D, R, TM, true, true);
+  float *Ws = sh.W, *Cs = sh.C, *As = sh.A, *Gs = sh.G, *red = sh.red, *lse_s = sh.vec;
   float* delta_s = lse_s + TM;
   float* u_s = delta_s + TM;
   float* c2_s = u_s + TM;
@@ -426,13 +416,7 @@ __global__ void __launch_bounds__(kMaxThreads) similarity_backward_words_kernel(
   const float g1 = static_cast<float>(p.gamma1), g2 = static_cast<float>(p.gamma2);
   __syncthreads();
   float part[TM], part2[TM];
-#pragma unroll
-  for (int t = 0; t < TM; ++t) part[t] = 0.f;
-  for (int d = tid; d < D; d += blockDim.x) {
-#pragma unroll
-    for (int t = 0; t < TM; ++t) part[t] += Ws[d * TM + t] * Ws[d * TM + t];
-  }
-  block_reduce<TM, false>(part, red, w2_s);
+  squared_norms<TM>(Ws, D, red, w2_s);
 
   float* dW = p.d_words_parts + (group * Bc + i) * D * TM;
   const int64_t j_begin = group * Bi / p.groups, j_end = (group + 1) * Bi / p.groups;
@@ -446,7 +430,7 @@ __global__ void __launch_bounds__(kMaxThreads) similarity_backward_words_kernel(
       word_softmax<TM>(s, valid);
       store_row<TM>(As + r * TM, s);
     });
-    cols_product<TM>(X, R, D, smem + L.xs, smem + L.ps,
+    cols_product<TM>(X, R, D, sh.xs, sh.ps,
                      [&](int r, int t) { return expf(g1 * As[r * TM + t] - lse_s[t]); },
                      [&](int d, float (&c)[TM]) { store_row<TM>(Cs + d * TM, c); });
     // The cosine per word and dS/dcos = g2 softmax_t(g2 cos) * grad_s.
@@ -463,21 +447,12 @@ __global__ void __launch_bounds__(kMaxThreads) similarity_backward_words_kernel(
     block_reduce<TM, false>(part, red, u_s);
     block_reduce<TM, false>(part2, red, c2_s);
     if (tid == 0) {
-      float peak = -INFINITY, total = 0.f;
-      for (int t = 0; t < TM; ++t) {
-        if (!slot_on(valid, t)) continue;
-        const float z = g2 * cosine(u_s[t], w2_s[t], c2_s[t]).cos;
-        if (z > peak) {
-          total *= expf(peak - z);
-          peak = z;
-        }
-        total += expf(z - peak);
-      }
+      const WordSum S = cosine_log_sum_exp<TM>(u_s, w2_s, c2_s, valid, g2);
       for (int t = 0; t < TM; ++t) {
         alpha_s[t] = beta_s[t] = gamma_s[t] = 0.f;
         if (!slot_on(valid, t)) continue;
-        const Cosine q = cosine(u_s[t], w2_s[t], c2_s[t]);
-        const float gcos = gs * g2 * expf(g2 * q.cos - peak) / total;
+        const Cosine<float> q = cosine(u_s[t], w2_s[t], c2_s[t]);
+        const float gcos = gs * g2 * expf(g2 * q.cos - S.peak) / S.total;
         // d cos/dc = alpha w + beta c, d cos/dw = alpha c + gamma w; clamped: no norm terms.
         alpha_s[t] = gcos / q.den;
         if (!q.clamped) {
@@ -513,7 +488,7 @@ __global__ void __launch_bounds__(kMaxThreads) similarity_backward_words_kernel(
       softmax_grads<TM>(a, g, lse_s, delta_s, g1);
       store_row<TM>(Gs + r * TM, g);
     }
-    cols_product<TM>(X, R, D, smem + L.xs, smem + L.ps,
+    cols_product<TM>(X, R, D, sh.xs, sh.ps,
                      [&](int r, int t) { return Gs[r * TM + t]; },
                      [&](int d, float (&acc)[TM]) {
 #pragma unroll
@@ -546,8 +521,8 @@ __global__ void __launch_bounds__(kRegionThreads) similarity_backward_regions_ke
     for (int t = 0; t < TM; ++t) a[t] = g[t] = 0.f;
     for (int d = 0; d < D; ++d) {
       const float x = ld(X + static_cast<int64_t>(d) * R);
-      axpy_row_ldg<TM>(a, x, W + d * TM);
-      axpy_row_ldg<TM>(g, x, GC + d * TM);
+      axpy_row<TM, true>(a, x, W + d * TM);
+      axpy_row<TM, true>(g, x, GC + d * TM);
     }
     word_softmax<TM>(a, valid);
 #pragma unroll
@@ -559,77 +534,58 @@ __global__ void __launch_bounds__(kRegionThreads) similarity_backward_regions_ke
     softmax_grads<TM>(a, g, lse, delta, g1);
     for (int d = 0; d < D; ++d) {
       dX[static_cast<int64_t>(d) * R] +=
-          dot_row_ldg<TM>(g, W + d * TM) + dot_row_ldg<TM>(bv, GC + d * TM);
+          dot_row<TM, true>(g, W + d * TM) + dot_row<TM, true>(bv, GC + d * TM);
     }
   }
 }
 
+// The per-pair kernels, one block per pair with pair_threads(R) threads.
 template <typename Kernel>
-void launch_pair_kernel(Kernel kernel, const Prm& p, dim3 grid, int threads, bool has_c,
-                        bool has_g, int TM, const char* op, cudaStream_t stream) {
-  const size_t bytes =
-      sizeof(float) * pair_smem(int(p.D), int(p.R), TM, threads, has_c, has_g).total;
-  allow_shared_memory(kernel, bytes, op);
-  kernel<<<grid, threads, bytes, stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+void launch_pair(Kernel kernel, const Prm& p, dim3 grid, bool has_c, bool has_g, int TM,
+                 const char* op, cudaStream_t stream) {
+  const int threads = pair_threads(p.R);
+  launch(kernel, grid, threads, pair_smem(int(p.D), int(p.R), TM, threads, has_c, has_g).total,
+         op, stream, p);
 }
 
 }  // namespace
 
-// Launchers (declared in word_region.cpp); p.TM is the slot bucket, set by the caller.
+// The launcher (declared in word_region_dispatch.cpp); p.TM is the slot bucket, set by the
+// caller. The similarity backward needs p.words_padded, p.grad_context_pairs, p.delta_pairs,
+// p.d_words_parts (zeroed), p.d_regions_acc (zeroed) and p.groups.
 template <typename scalar_t>
-void word_region_similarity_forward_launch(const Prm& p, cudaStream_t stream) {
-  with_bucket(int(p.TM), [&](auto bucket) {
+void word_region_launch(WordRegionKernel which, const Prm& p, cudaStream_t stream) {
+  const unsigned Bi = static_cast<unsigned>(p.Bi), Bc = static_cast<unsigned>(p.Bc);
+  with_bucket(static_cast<int>(p.TM), [&](auto bucket) {
     constexpr int TM = decltype(bucket)::value;
-    launch_pair_kernel(pair_forward_kernel<scalar_t, TM, true>, p,
-                       dim3(unsigned(p.Bc), unsigned(p.Bi)), pair_threads(p.R), false, false, TM,
-                       "word_region_similarity_forward", stream);
+    switch (which) {
+      case WordRegionKernel::kSimilarityForward:
+        launch_pair(pair_forward_kernel<scalar_t, TM, true>, p, dim3(Bc, Bi), false, false, TM,
+                    "word_region_similarity_forward", stream);
+        break;
+      case WordRegionKernel::kSimilarityBackward:
+        launch_pair(similarity_backward_words_kernel<scalar_t, TM>, p,
+                    dim3(Bc, static_cast<unsigned>(p.groups)), true, true, TM,
+                    "word_region_similarity_backward", stream);
+        launch(similarity_backward_regions_kernel<scalar_t, TM>,
+               dim3(static_cast<unsigned>((p.R + kRegionThreads - 1) / kRegionThreads), Bi),
+               kRegionThreads, 0, "word_region_similarity_backward", stream, p);
+        break;
+      case WordRegionKernel::kAttentionForward:
+        launch_pair(pair_forward_kernel<scalar_t, TM, false>, p, dim3(Bi), false, false, TM,
+                    "word_region_attention_forward", stream);
+        break;
+      case WordRegionKernel::kAttentionBackward:
+        launch_pair(attention_backward_kernel<scalar_t, TM>, p, dim3(Bi), true, true, TM,
+                    "word_region_attention_backward", stream);
+        break;
+    }
   });
 }
 
-// Needs p.words_padded, p.grad_context_pairs, p.delta_pairs, p.d_words_parts (zeroed),
-// p.d_regions_acc (zeroed) and p.groups.
-template <typename scalar_t>
-void word_region_similarity_backward_launch(const Prm& p, cudaStream_t stream) {
-  with_bucket(int(p.TM), [&](auto bucket) {
-    constexpr int TM = decltype(bucket)::value;
-    launch_pair_kernel(similarity_backward_words_kernel<scalar_t, TM>, p,
-                       dim3(unsigned(p.Bc), unsigned(p.groups)), pair_threads(p.R), true, true,
-                       TM, "word_region_similarity_backward", stream);
-    const dim3 grid(unsigned((p.R + kRegionThreads - 1) / kRegionThreads), unsigned(p.Bi));
-    similarity_backward_regions_kernel<scalar_t, TM><<<grid, kRegionThreads, 0, stream>>>(p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-}
-
-template <typename scalar_t>
-void word_region_attention_forward_launch(const Prm& p, cudaStream_t stream) {
-  with_bucket(int(p.TM), [&](auto bucket) {
-    constexpr int TM = decltype(bucket)::value;
-    launch_pair_kernel(pair_forward_kernel<scalar_t, TM, false>, p, dim3(unsigned(p.Bi)),
-                       pair_threads(p.R), false, false, TM, "word_region_attention_forward",
-                       stream);
-  });
-}
-
-template <typename scalar_t>
-void word_region_attention_backward_launch(const Prm& p, cudaStream_t stream) {
-  with_bucket(int(p.TM), [&](auto bucket) {
-    constexpr int TM = decltype(bucket)::value;
-    launch_pair_kernel(attention_backward_kernel<scalar_t, TM>, p, dim3(unsigned(p.Bi)),
-                       pair_threads(p.R), true, true, TM, "word_region_attention_backward",
-                       stream);
-  });
-}
-
-#define T2I_INSTANTIATE(scalar_t)                                                            \
-  template void word_region_similarity_forward_launch<scalar_t>(const Prm&, cudaStream_t);    \
-  template void word_region_similarity_backward_launch<scalar_t>(const Prm&, cudaStream_t);   \
-  template void word_region_attention_forward_launch<scalar_t>(const Prm&, cudaStream_t);     \
-  template void word_region_attention_backward_launch<scalar_t>(const Prm&, cudaStream_t);
-T2I_INSTANTIATE(float)
-T2I_INSTANTIATE(c10::Half)
-T2I_INSTANTIATE(c10::BFloat16)
+#define T2I_INSTANTIATE(scalar_t) \
+  template void word_region_launch<scalar_t>(WordRegionKernel, const Prm&, cudaStream_t);
+T2I_FOR_GPU_FLOATS(T2I_INSTANTIATE)
 #undef T2I_INSTANTIATE
 
 }  // namespace cuda

@@ -42,10 +42,11 @@ def damsm_word_loss(regions, words, cap_lens, class_ids=None, *, gamma1=4.0, gam
 
     Returns (loss0, loss1): image->caption and caption->image cross-entropy of gamma3 * S.
     """
-    _checks.tensor("damsm_word_loss", "regions", regions, 4)
-    _checks.tensor("damsm_word_loss", "words", words, 3)
-    _checks.size("damsm_word_loss", "words", words, 0, regions.shape[0], "the batch B of regions")
     sim = word_region_similarity(regions, words, cap_lens, gamma1, gamma2, impl=impl)
+    if sim.shape[0] != sim.shape[1]:
+        raise ValueError(f"damsm_word_loss: regions and words must hold the same batch (pair i "
+                         f"is image i with caption i), got {sim.shape[0]} images and "
+                         f"{sim.shape[1]} captions")
     return matching_losses(gamma3 * sim, class_ids, labels)
 
 

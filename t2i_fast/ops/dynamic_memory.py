@@ -48,9 +48,9 @@ def memory_read_reference(query, key, value, mask=None, *, scale=1.0, mask_compa
     scores = scale * torch.einsum("bcn,bct->bnt", query.reshape(batch, channels, n_pixels), key)
     pad = None if mask is None else pixel_mask(mask, n_pixels, mask_compat)
     attn = safe_softmax(scores, pad, dim=2)
-    out = torch.einsum("bvt,bnt->bvn", value, attn).reshape(batch, -1, height, width)
+    out = torch.einsum("bvt,bnt->bvn", value, attn).reshape(batch, value.shape[1], height, width)
     if return_attn:
-        return out, attn.transpose(1, 2).reshape(batch, -1, height, width)
+        return out, attn.transpose(1, 2).reshape(batch, key.shape[2], height, width)
     return out
 
 
@@ -87,7 +87,9 @@ def memory_read(query, key, value, mask=None, *, scale=1.0, mask_compat=False, r
     _checks.tensor(op, "query", query, 4)
     query, key, value = _checks.autocast(query.device, query, key, value)
     _check_attention(op, "query", query, key, value, mask)
-    backend = backends.select(op, query.device, query.dtype, impl)
+    backend = backends.select(op, query.device, query.dtype, impl,
+                              empty=_checks.empty(query, key, value), batch=query.shape[0],
+                              slots=key.shape[2])
     if backend == "reference":
         return memory_read_reference(query, key, value, mask, scale=float(scale),
                                      mask_compat=mask_compat, return_attn=return_attn)
@@ -110,7 +112,8 @@ def response_gate(h, o, weight, bias, *, return_gate=False, impl=None):
         raise ValueError(f"{op}: o must have the shape of h {tuple(h.shape)}, got {tuple(o.shape)}")
     _checks.same(op, "h", h, o=o)
     weight, bias = _gate_params(op, h, weight, bias)
-    backend = backends.select(op, h.device, h.dtype, impl)
+    backend = backends.select(op, h.device, h.dtype, impl, empty=_checks.empty(h),
+                              batch=h.shape[0])
     if backend == "reference":
         return response_gate_reference(h, o, weight, bias, return_gate=return_gate)
     out, _, _, gate = _forward(h, o, None, None, None, weight, bias, 1.0, False, False,
@@ -132,7 +135,8 @@ def dynamic_memory(h, key, value, mask, gate_weight, gate_bias, *, mask_compat=F
     _check_attention(op, "h", h, key, value, mask)
     _checks.size(op, "value", value, 1, h.shape[1], "the channels C of h")
     gate_weight, gate_bias = _gate_params(op, h, gate_weight, gate_bias)
-    backend = backends.select(op, h.device, h.dtype, impl)
+    backend = backends.select(op, h.device, h.dtype, impl, empty=_checks.empty(h, key, value),
+                              batch=h.shape[0], slots=key.shape[2])
     if backend == "reference":
         return dynamic_memory_reference(h, key, value, mask, gate_weight, gate_bias,
                                         mask_compat=mask_compat, return_attn=return_attn)
@@ -150,6 +154,7 @@ def _check_attention(op, qname, query, key, value, mask):
     _checks.size(op, "key", key, 1, channels, f"the channels C of {qname}")
     _checks.size(op, "value", value, 0, batch, f"the batch B of {qname}")
     _checks.size(op, "value", value, 2, key.shape[2], "the slots T of key")
+    _checks.at_least_one(op, "key", key, (2,), "memory slot (T >= 1)")
     _checks.same(op, qname, query, key=key, value=value)
     _checks.mask(op, "mask", mask, batch, key.shape[2], query.device)
 

@@ -50,7 +50,7 @@ def word_region_attention_reference(words, regions, gamma1, word_mask=None):
     pad = None if word_mask is None else word_mask[:, None, :]
     attn = _double_softmax(scores, pad, gamma1)
     context = torch.einsum("bdr,btr->bdt", flat, attn)
-    return context, attn.reshape(batch, -1, height, width)
+    return context, attn.reshape(batch, words.shape[2], height, width)
 
 
 def word_region_similarity_reference(regions, words, cap_lens, gamma1=4.0, gamma2=5.0):
@@ -83,13 +83,18 @@ def word_region_attention(words, regions, gamma1, word_mask=None, *, impl=None):
     _checks.size(op, "regions", regions, 1, words.shape[1], "the width D of words")
     _checks.same(op, "words", words, regions=regions)
     _checks.mask(op, "word_mask", word_mask, words.shape[0], words.shape[2], words.device)
-    backend = backends.select(op, words.device, words.dtype, impl)
+    _checks.at_least_one(op, "words", words, (2,), "word slot (T >= 1)")
+    _checks.at_least_one(op, "regions", regions, (2, 3), "region (H*W >= 1)")
+    gamma1 = float(gamma1)
+    backend = backends.select(op, words.device, words.dtype, impl,
+                              empty=_checks.empty(words, regions), batch=words.shape[0],
+                              slots=words.shape[2], gamma1=gamma1)
     if backend == "reference":
-        return word_region_attention_reference(words, regions, float(gamma1), word_mask)
+        return word_region_attention_reference(words, regions, gamma1, word_mask)
     batch, dim, height, width = regions.shape
     context, attn, _ = _attention_forward(
-        words, regions.reshape(batch, dim, height * width), word_mask, float(gamma1), backend)
-    return context, attn.reshape(batch, -1, height, width)
+        words, regions.reshape(batch, dim, height * width), word_mask, gamma1, backend)
+    return context, attn.reshape(batch, words.shape[2], height, width)
 
 
 def word_region_similarity(regions, words, cap_lens, gamma1=4.0, gamma2=5.0, *, impl=None):
@@ -104,15 +109,19 @@ def word_region_similarity(regions, words, cap_lens, gamma1=4.0, gamma2=5.0, *, 
     regions, words = _checks.autocast(regions.device, regions, words, lower=False)
     _checks.size(op, "words", words, 1, regions.shape[1], "the width D of regions")
     _checks.same(op, "regions", regions, words=words)
+    _checks.at_least_one(op, "words", words, (2,), "word slot (T >= 1)")
+    _checks.at_least_one(op, "regions", regions, (2, 3), "region (H*W >= 1)")
     cap_lens = _checks.lengths(op, "cap_lens", cap_lens, words.shape[0], words.shape[2],
                                words.device)
-    backend = backends.select(op, regions.device, regions.dtype, impl)
+    gamma1, gamma2 = float(gamma1), float(gamma2)
+    backend = backends.select(op, regions.device, regions.dtype, impl,
+                              empty=_checks.empty(regions, words), images=regions.shape[0],
+                              captions=words.shape[0], slots=words.shape[2], gamma1=gamma1)
     if backend == "reference":
-        return word_region_similarity_reference(regions, words, cap_lens, float(gamma1),
-                                                float(gamma2))
+        return word_region_similarity_reference(regions, words, cap_lens, gamma1, gamma2)
     n_img, dim, height, width = regions.shape
     sim, _ = _similarity_forward(regions.reshape(n_img, dim, height * width), words, cap_lens,
-                                 float(gamma1), float(gamma2), backend)
+                                 gamma1, gamma2, backend)
     return sim
 
 
