@@ -1,5 +1,6 @@
 """The generator side of t2i_fast.models: presets and shapes, upstream key names, the dynamic
-memory block against an upstream-style eager version, lean == plain, the sentence shortcut."""
+memory block against an upstream-style eager version, the memory policies (lean, max and the
+byte budget) against eager, the sentence shortcut."""
 import copy
 import io
 import json
@@ -8,9 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from t2i_fast.models import (G_NET, NEXT_STAGE_G, ATT_STAGE_G, PRESETS, Config, StageSpec,
-                             build_models, configure, d_condition, discriminator_loss,
-                             generator_loss, get_config, scaled_down, text_features)
+from t2i_fast.models import (G_NET, NEXT_STAGE_G, ATT_STAGE_G, POLICIES, PRESETS, Config, D_NET,
+                             MemoryBudgetError, StageSpec, build_models, configure, d_condition,
+                             discriminator_loss, generator_loss, get_config, scaled_down,
+                             text_features)
+from t2i_fast.models.chain import Step
+from t2i_fast.models.memory import run_block
+from t2i_fast.models.memory import estimate as memory_estimate
+from t2i_fast.models.memory import plan as memory_plan
 
 IMPLS = (None, "reference")     # auto (C++ kernels when built) and the eager reference
 TOL64 = dict(rtol=1e-9, atol=1e-11)
@@ -340,7 +346,7 @@ def test_shape_errors_are_clear():
 
 
 # --------------------------------------------------------------------------------------------
-# lean mode and the sentence shortcut: same outputs, gradients and BN buffers (float64)
+# memory policies and the sentence shortcut: same outputs, gradients and BN buffers (float64)
 # --------------------------------------------------------------------------------------------
 
 def run_step(G, inputs, impl, **options):
@@ -368,30 +374,262 @@ def assert_same_step(a, b):
         torch.testing.assert_close(a[3][name], b[3][name], **TOL64, msg=name)
 
 
+MEMORY_SCHEDULE = (StageSpec("sentence"), StageSpec("word", True, 2))   # up and same blocks
+
+
+@pytest.mark.parametrize("policy", ["lean", "max"])
 @pytest.mark.parametrize("attention", ["memory", "attention"])
 @pytest.mark.parametrize("r_num", [0, 2])
-def test_lean_equals_plain_float64(attention, r_num):
-    cfg = get_config("tiny", attention=attention, r_num=r_num,
-                     schedule=(StageSpec("sentence"), StageSpec("word", True, 2)))
+def test_memory_policy_equals_eager_float64(policy, attention, r_num):
+    cfg = get_config("tiny", attention=attention, r_num=r_num, schedule=MEMORY_SCHEDULE)
     torch.manual_seed(0)
     G = G_NET.from_config(cfg).double()
     start = copy.deepcopy(G.state_dict())
-    inputs = text_inputs(cfg, dtype=torch.float64)
-    plain = run_step(G, inputs, "reference", lean=False)
+    inputs = text_inputs(cfg, seed=5, dtype=torch.float64)
+    eager = run_step(G, inputs, "reference", memory="eager")
     G.load_state_dict(start)
-    lean = run_step(G, inputs, None, lean=True)
-    assert_same_step(plain, lean)
-    # BN running statistics moved once, not once per recomputation
+    other = run_step(G, inputs, None, memory=policy)
+    assert_same_step(eager, other)
+    # BN running statistics moved once: backward never runs a training-mode BatchNorm
     assert all(int(b) == 1 for n, b in G.named_buffers() if n.endswith("num_batches_tracked"))
-    # no-grad and eval forwards agree too
+    # eval mode (BatchNorm on running statistics) with autograd on
     G.eval()
-    z, sent, words, mask, noise = inputs
-    with torch.no_grad():
-        lean_eval = G(z, sent, words, mask, ca_noise=noise)[0]
-        configure(G, lean=False)
-        plain_eval = G(z, sent, words, mask, ca_noise=noise)[0]
-    for x, y in zip(lean_eval, plain_eval):
-        torch.testing.assert_close(x, y, **TOL64)
+    assert_same_step(run_step(G, inputs, "reference", memory="eager"),
+                     run_step(G, inputs, None, memory=policy))
+
+
+def discriminator_step(D, x, cond, memory):
+    """Features, and the gradients of a fixed random loss on both heads' logits."""
+    x = x.clone().requires_grad_()
+    D.zero_grad()
+    feat = D(x, memory=memory)
+    loss = images_loss([feat]) + D.COND_DNET.logits(feat, cond).sum()
+    if D.UNCOND_DNET is not None:
+        loss = loss + D.UNCOND_DNET.logits(feat).sum()
+    loss.backward()
+    return ([feat.detach()], {n: p.grad.clone() for n, p in D.named_parameters()}, (x.grad,),
+            {n: b.clone() for n, b in D.named_buffers()})
+
+
+@pytest.mark.parametrize("policy", ["lean", "max"])
+@pytest.mark.parametrize("norm", ["spectral", "batch"])
+@pytest.mark.parametrize("size", [32, 128])          # 128: down blocks and reductions too
+def test_discriminator_memory_policy_equals_eager_float64(policy, norm, size):
+    torch.manual_seed(0)
+    D = D_NET(size, ndf=4, nef=8, norm=norm).double()
+    start = copy.deepcopy(D.state_dict())
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 3, size, size, generator=gen, dtype=torch.float64)
+    cond = torch.randn(3, 8, generator=gen, dtype=torch.float64)
+    eager = discriminator_step(D, x, cond, "eager")
+    D.load_state_dict(start)
+    assert_same_step(eager, discriminator_step(D, x, cond, policy))
+
+
+def eager_step(x, weight, bias, bn, act, *, stride=1, padding=1, upsample=False, fold=False,
+               view=None):
+    """What a memory Step computes, with autograd's own ops."""
+    if fold:
+        x = torch.cat([x, x], dim=1)
+    if weight.dim() == 2:
+        t = F.linear(x, weight, bias)
+    else:
+        if upsample:
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+        t = F.conv2d(x, weight, bias, stride, padding)
+    t = t if bn is None else bn(t)
+    y = {"glu": lambda: F.glu(t, dim=1), "lrelu": lambda: F.leaky_relu(t, 0.2),
+         None: lambda: t}[act]()
+    return y if view is None else y.reshape(y.shape[0], *view)
+
+
+STEPS = {   # input shape, weight shape, options
+    "upsample-bn-glu": ((3, 5, 4, 6), (8, 5, 3, 3), dict(bn=True, act="glu", upsample=True)),
+    "upsample-bias": ((2, 3, 5, 3), (4, 3, 3, 3), dict(bias=True, upsample=True)),
+    "fold-bn-glu": ((3, 3, 5, 5), (6, 6, 3, 3), dict(bn=True, act="glu", fold=True)),
+    "stride2-bias-lrelu": ((3, 3, 8, 6), (5, 3, 4, 4), dict(bias=True, act="lrelu", stride=2)),
+    "linear-bn-glu-view": ((4, 7), (24, 7), dict(bn=True, act="glu", view=(3, 2, 2))),
+}
+
+
+@pytest.mark.parametrize("policy", ["lean", "max"])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("case", list(STEPS))
+def test_memory_step_matches_autograd_float64(case, training, policy):
+    """One Step under lean/max against the same function through autograd: output, input,
+    weight, bias and BatchNorm gradients, running statistics (the parity kernels of nearest x2
+    + conv3x3, the folded [x; x], stride and padding, linear + view)."""
+    shape, wshape, options = STEPS[case]
+    options = dict(options)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    weight = torch.randn(wshape, generator=gen, dtype=torch.float64).requires_grad_()
+    bias = (torch.randn(wshape[0], generator=gen, dtype=torch.float64).requires_grad_()
+            if options.pop("bias", False) else None)
+    bn = None
+    if options.pop("bn", False):
+        bn = torch.nn.BatchNorm1d(wshape[0]) if len(wshape) == 2 else \
+            torch.nn.BatchNorm2d(wshape[0])
+        bn = bn.double().train(training)
+        with torch.no_grad():
+            bn.weight.normal_(generator=gen), bn.bias.normal_(generator=gen)
+            bn.running_mean.normal_(generator=gen), bn.running_var.uniform_(0.5, 2, generator=gen)
+    act = options.pop("act", None)
+    if "stride" in options:
+        options["padding"] = 1
+    start = None if bn is None else copy.deepcopy(bn.state_dict())
+    results = []
+    for memory in ("eager", policy):
+        if bn is not None:
+            bn.load_state_dict(start)
+        leaves = [x.clone().requires_grad_(), weight, bias] + \
+            ([] if bn is None else [bn.weight, bn.bias])
+        for t in leaves[1:]:
+            if t is not None:
+                t.grad = None
+        y = run_block(memory, lambda: [Step(weight, bias, bn, act, **options)], leaves[0],
+                      lambda v: eager_step(v, weight, bias, bn, act, **options))
+        images_loss([y]).backward()
+        if memory != "eager":   # the graph node outlives its backward; what it replayed must not
+            assert y.grad_fn.units[0].t is None
+        results.append(([y.detach()], {str(i): t.grad.clone() for i, t in enumerate(leaves)
+                                       if t is not None},
+                         (), {} if bn is None else {n: b.clone() for n, b in bn.named_buffers()}))
+    assert_same_step(*results)
+
+
+def test_memory_policy_under_autocast_is_as_close_to_float32_as_eager():
+    """bf16 autocast: a chain's output and weight gradient are no further from float32 than
+    the eager modules' (the parity kernels and the folded weights are summed in float32)."""
+    torch.manual_seed(0)
+    block = NEXT_STAGE_G(8, 12, r_num=1)
+    gen = torch.Generator().manual_seed(8)
+    h = torch.randn(4, 8, 8, 8, generator=gen)
+    words = torch.randn(4, 12, 5, generator=gen)
+
+    def step(memory, autocast):
+        block.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out, _ = block(h, None, words, memory=memory)
+        images_loss([out.float()]).backward()
+        return out.float().detach(), block.upsample[1].weight.grad.clone()
+
+    start = copy.deepcopy(block.state_dict())
+    results = {}
+    for memory, autocast in (("eager", False), ("eager", True), ("lean", True), ("max", True)):
+        block.load_state_dict(start)
+        results[memory, autocast] = step(memory, autocast)
+    ref = results["eager", False]
+    err = {key: [(a - b).norm() / b.norm() for a, b in zip(value, ref)]
+           for key, value in results.items()}
+    assert 0 < err["eager", True][0] < 0.05
+    for memory in ("lean", "max"):
+        assert err[memory, True][0] <= 2 * err["eager", True][0], (memory, err)
+        assert err[memory, True][1] <= 2 * err["eager", True][1], (memory, err)
+
+
+def test_memory_policy_refuses_double_backward():
+    cfg = get_config("tiny", memory="lean")
+    G = G_NET.from_config(cfg).double()
+    z, sent, words, mask, noise = text_inputs(cfg, dtype=torch.float64)
+    sent = sent.requires_grad_()
+    image = G(z, sent, words, mask, ca_noise=noise)[0][-1]
+    (grad,) = torch.autograd.grad(image.pow(2).sum(), sent, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad.sum().backward()
+
+
+# --------------------------------------------------------------------------------------------
+# the byte estimates and the budget
+# --------------------------------------------------------------------------------------------
+
+def saved_activations(fn, batch, params):
+    """Bytes of the tensors autograd saves during fn() that are activations: batch first,
+    at least 2-d, not a parameter."""
+    owned = {p.data_ptr() for p in params}
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        if t.dim() >= 2 and t.shape[0] == batch and t.data_ptr() not in owned:
+            total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+@pytest.mark.parametrize("attention", ["memory", "attention"])
+def test_memory_estimates_equal_saved_tensors(attention):
+    cfg = get_config("tiny", attention=attention, r_num=2, schedule=MEMORY_SCHEDULE)
+    torch.manual_seed(0)
+    G = G_NET.from_config(cfg).double()
+    batch = 5
+    gen = torch.Generator().manual_seed(9)
+    for block, shape in G.memory_blocks():
+        x = torch.randn((batch, *shape[1:]), generator=gen, dtype=torch.float64,
+                        requires_grad=True)
+        estimate = memory_estimate(block.chain_units(), x.shape, x.element_size())
+        for policy in POLICIES:
+            measured = saved_activations(
+                lambda: run_block(policy, block.chain_units, x, block.eager_chain), batch,
+                list(block.parameters()))
+            assert measured == estimate[policy], (type(block).__name__, policy)
+        assert estimate["max"] < estimate["lean"] < estimate["eager"]
+
+
+def test_memory_plan_picks_the_fastest_policy_that_fits():
+    blocks = [dict(eager=100, lean=40, max=10, macs=1000), dict(eager=60, lean=30, max=5, macs=10)]
+    assert memory_plan(blocks, 160) == ["eager", "eager"]
+    assert memory_plan(blocks, 130) == ["lean", "eager"]          # the larger saving first
+    assert memory_plan(blocks, 70) == ["lean", "lean"]
+    assert memory_plan(blocks, 69) == ["lean", "max"]             # most bytes per recomputed MAC
+    assert memory_plan(blocks, 15) == ["max", "max"]
+    with pytest.raises(MemoryBudgetError, match="at least 15 bytes"):
+        memory_plan(blocks, 14)
+
+
+def test_generator_memory_budget():
+    cfg = get_config("tiny", r_num=2, schedule=MEMORY_SCHEDULE)
+    torch.manual_seed(0)
+    G = G_NET.from_config(cfg).double()
+    start = copy.deepcopy(G.state_dict())
+    inputs = text_inputs(cfg, seed=10, dtype=torch.float64)
+    batch = inputs[0].shape[0]
+    estimates = [memory_estimate(block.chain_units(), (batch, *shape[1:]), 8)
+                 for block, shape in G.memory_blocks()]
+    total = {p: sum(e[p] for e in estimates) for p in POLICIES}
+    for budget, expected in ((total["eager"], {"eager"}), (total["lean"], {"lean"}),
+                             (total["lean"] - 1, {"lean", "max"}), (total["max"], {"max"})):
+        configure(G, memory_budget=budget)
+        assert set(G.memory_plan(batch, 8)) == expected, budget
+    # a mixed plan computes the same step as eager
+    configure(G, memory_budget=total["lean"] - 1)
+    G.load_state_dict(start)
+    mixed = run_step(G, inputs, None)
+    G.load_state_dict(start)
+    assert_same_step(run_step(G, inputs, "reference", memory_budget=None), mixed)
+    configure(G, memory_budget=total["max"] - 1)
+    with pytest.raises(MemoryBudgetError, match=f"at least {total['max']} bytes .* at batch 3"):
+        G(*inputs[:4], ca_noise=inputs[4])
+    with torch.no_grad():                      # no autograd, no budget to keep
+        G(*inputs[:4], ca_noise=inputs[4])
+
+
+def test_memory_options_are_checked():
+    with pytest.raises(ValueError, match="memory must be one of"):
+        get_config("tiny", memory="lazy")
+    G = G_NET.from_config(get_config("tiny"))
+    for budget in (0, -5, True, 1.5):
+        with pytest.raises(ValueError, match="memory_budget"):
+            get_config("tiny", memory_budget=budget)
+        with pytest.raises(ValueError, match="memory_budget must be a positive"):
+            configure(G, memory_budget=budget)
+    with pytest.raises(ValueError, match="memory must be one of"):
+        configure(G, memory="lean ")
+    with pytest.raises(ValueError, match="memory must be one of"):
+        D_NET(32, memory="none")
 
 
 @pytest.mark.parametrize("mask_compat", [False, True])

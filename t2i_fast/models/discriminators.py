@@ -8,6 +8,10 @@ spectral-norm variant and COND_DNET.jointConv.0.module.weight_bar, *.outlogits.0
 `D_NET(img_size, ...)` generalises the three: S = 64 * 2^k adds k down blocks
 (img_code_s32, img_code_s64, ...) and k reduction blocks named after the last one; S < 64 (the
 test presets) keeps the trunk and ends with S/16 x S/16 features, the logit conv covering them.
+
+The trunk runs under a memory policy (`t2i_fast.models.memory`): 'eager' (upstream), 'lean'
+(keeps the image and each conv output; LeakyReLU and BatchNorm recomputed in backward) or
+'max' (keeps the image; the trunk is recomputed in backward).
 """
 import math
 
@@ -16,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from t2i_fast.models.layers import expect
+from t2i_fast.models.chain import Step
+from t2i_fast.models.memory import check_options, run_block
 
 
 class SpectralNorm(nn.Module):
@@ -23,8 +29,9 @@ class SpectralNorm(nn.Module):
 
     Keys module.weight_bar (trainable), module.weight_u (out,), module.weight_v (in*kh*kw,)
     and module.bias. One power iteration per training-mode call updates u and v (upstream
-    updates them on every call; its D is always in training mode while it trains).
+    updates them on every call, in eval mode too: `power_iteration_in_eval`).
     """
+    power_iteration_in_eval = False
 
     def __init__(self, module, eps=1e-12):
         super().__init__()
@@ -57,7 +64,7 @@ class SpectralNorm(nn.Module):
         w_bar = self.module.weight_bar
         mat = w_bar.reshape(w_bar.shape[0], -1)
         u, v = self.module.weight_u, self.module.weight_v
-        if self.training:
+        if self.training or self.power_iteration_in_eval:
             with torch.no_grad():
                 u, v = self._power_iteration(mat)
         # u and v are constants of the graph; clones keep later in-place updates out of it.
@@ -132,11 +139,14 @@ class D_NET(nn.Module):  # noqa: N801
     """Discriminator for S x S images: trunk -> (B, 8*ndf, 4, 4) (S >= 64) plus the heads.
 
     img_size: S (a power of two >= 16); ndf: DF_DIM; nef: condition width; b_jcu: build
-    UNCOND_DNET (COND_DNET is always built, as upstream); norm: 'spectral' or 'batch'.
+    UNCOND_DNET (COND_DNET is always built, as upstream); norm: 'spectral' or 'batch';
+    memory: 'eager' | 'lean' | 'max', what the trunk keeps for backward.
     """
 
-    def __init__(self, img_size, ndf=32, nef=256, b_jcu=True, norm="spectral"):
+    def __init__(self, img_size, ndf=32, nef=256, b_jcu=True, norm="spectral", memory="eager"):
         super().__init__()
+        check_options(memory)
+        self.memory = memory
         extra = int(math.log2(img_size)) - 6
         if img_size < 16 or 1 << int(math.log2(img_size)) != img_size:
             raise ValueError(f"D_NET: img_size must be a power of two >= 16, got {img_size}")
@@ -159,25 +169,45 @@ class D_NET(nn.Module):  # noqa: N801
             self.UNCOND_DNET = None
         self.COND_DNET = D_GET_LOGITS(ndf, nef, True, norm, spatial)
 
-    def forward(self, x_var):
-        expect(x_var, (None, 3, self.img_size, self.img_size), f"D_NET{self.img_size} image")
-        x = self.img_code_s16(x_var)
-        last = 16
-        for k in range(self.extra):
-            last = 32 << k
-            x = getattr(self, f"img_code_s{last}")(x)
-        for k in range(self.extra):
-            x = getattr(self, f"img_code_s{last}_{k + 1}")(x)
+    def trunk(self):
+        """The trunk's Sequentials in order: img_code_s16, the down blocks, the reductions."""
+        names = [f"img_code_s{32 << k}" for k in range(self.extra)]
+        last = names[-1] if names else "img_code_s16"
+        names += [f"{last}_{k + 1}" for k in range(self.extra)]
+        return [self.img_code_s16] + [getattr(self, name) for name in names]
+
+    def chain_units(self):
+        """The trunk as memory Steps: conv [+ BN] + LeakyReLU each (spectral norm applied)."""
+        steps, layers = [], [layer for seq in self.trunk() for layer in seq]
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, (SpectralNorm, nn.Conv2d)):
+                continue
+            conv, weight = ((layer.module, layer.normalized_weight())
+                            if isinstance(layer, SpectralNorm) else (layer, layer.weight))
+            bn = layers[i + 1] if isinstance(layers[i + 1], nn.BatchNorm2d) else None
+            steps.append(Step(weight, conv.bias, bn, "lrelu", stride=conv.stride[0],
+                              padding=conv.padding[0]))
+        return steps
+
+    def eager_chain(self, x):
+        """The trunk's upstream code path."""
+        for seq in self.trunk():
+            x = seq(x)
         return x
 
-
-def D_NET64(ndf=32, nef=256, b_jcu=True, norm="spectral"):  # noqa: N802 (upstream name)
-    return D_NET(64, ndf, nef, b_jcu, norm)
-
-
-def D_NET128(ndf=32, nef=256, b_jcu=True, norm="spectral"):  # noqa: N802
-    return D_NET(128, ndf, nef, b_jcu, norm)
+    def forward(self, x_var, memory=None):
+        """x_var (B, 3, S, S) -> trunk features; memory overrides the policy for this call."""
+        expect(x_var, (None, 3, self.img_size, self.img_size), f"D_NET{self.img_size} image")
+        return run_block(memory or self.memory, self.chain_units, x_var, self.eager_chain)
 
 
-def D_NET256(ndf=32, nef=256, b_jcu=True, norm="spectral"):  # noqa: N802
-    return D_NET(256, ndf, nef, b_jcu, norm)
+def D_NET64(ndf=32, nef=256, b_jcu=True, norm="spectral", memory="eager"):  # noqa: N802
+    return D_NET(64, ndf, nef, b_jcu, norm, memory)
+
+
+def D_NET128(ndf=32, nef=256, b_jcu=True, norm="spectral", memory="eager"):  # noqa: N802
+    return D_NET(128, ndf, nef, b_jcu, norm, memory)
+
+
+def D_NET256(ndf=32, nef=256, b_jcu=True, norm="spectral", memory="eager"):  # noqa: N802
+    return D_NET(256, ndf, nef, b_jcu, norm, memory)
