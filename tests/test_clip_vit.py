@@ -347,6 +347,42 @@ def test_cleanup_and_split(tok):
     assert tok.decode(tok.encode("hello café")) == "hello café "
 
 
+def test_special_token_spellings(tmp_path):
+    """The start / end ids are OpenAI's either way; the text read as them is OpenAI's
+    "<|startoftext|>" / "<|endoftext|>" or open_clip's "<start_of_text>" / "<end_of_text>", the
+    other spelling being ordinary characters."""
+    path = write_merges(tmp_path / "bpe.txt.gz", MERGES)
+    openai, open_clip = ClipTokenizer(path), ClipTokenizer(path, special_tokens="open_clip")
+    assert (openai.sot_id, openai.eot_id) == (open_clip.sot_id, open_clip.eot_id)
+    pieces = openai.encode("< end _ of _ text >")                # the same pre-tokens, spaced
+    assert openai.eot_id not in pieces and len(pieces) >= 7
+    assert openai.encode("cat <|endoftext|><END_OF_TEXT>") == \
+        [openai.encoder["cat</w>"], openai.eot_id, *pieces]
+    assert open_clip.encode("<START_OF_TEXT>cat <end_of_text>") == \
+        [open_clip.sot_id, open_clip.encoder["cat</w>"], open_clip.eot_id]
+    assert open_clip.encode("<|endoftext|>") == open_clip.encode("<| endoftext |>")
+    assert open_clip.decode([open_clip.sot_id]) == "<start_of_text>"
+    assert openai.decode([openai.eot_id]) == "<|endoftext|>"
+    with pytest.raises(ValueError, match="special_tokens: expected one of"):
+        ClipTokenizer(path, special_tokens="hf")
+
+
+def test_cleanup_without_the_optional_packages(tmp_path, monkeypatch):
+    """Without ftfy and regex: Python's Unicode categories for letters and numbers, NFC and
+    curly quotes only from ftfy's fixes, and a warning saying so."""
+    from t2i_fast.metrics import clip_tokenizer
+    monkeypatch.setattr(clip_tokenizer, "ftfy", None)
+    monkeypatch.setattr(clip_tokenizer, "regex", None)
+    clip_tokenizer._split_pattern.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="ftfy is not installed"):
+            bare = ClipTokenizer(write_merges(tmp_path / "bpe.txt.gz", MERGES))
+        assert bare.pre_tokenize("  Cafe\u0301 x² 12 \u2018it\u2019s\u201d &amp;amp; ﬁ\t") == \
+            ["café", "x", "²", "1", "2", "'", "it", "'s", '"', "&", "ﬁ"]
+    finally:
+        clip_tokenizer._split_pattern.cache_clear()
+
+
 def test_tokenize_rows(tok):
     out = tok.tokenize(["hello", "a cat's hello"], context_length=8)
     e = tok.encoder

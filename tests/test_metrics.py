@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from t2i_fast.metrics import inception as inception_module
 from t2i_fast.metrics import (InceptionFID, cmd_score, fid_from_features, fold_scores,
                               frechet_distance, gaussian_stats, image_stats, inception_score,
                               load_stats, r_precision, retrieval_hits, sample_mismatched,
@@ -18,6 +19,9 @@ scipy_linalg = pytest.importorskip("scipy.linalg")
 # comparison goes through a Schur-based sqrtm of a non-symmetric product (error ~1e-12 here).
 RTOL_EXACT = 1e-12
 RTOL_SCIPY = 1e-9
+# Fréchet distance of ill-conditioned or singular covariances against exact answers: t2i_fast is
+# within 6e-12 on these cases, pytorch-fid's sqrtm and torch-fidelity's eigvals within 2e-7.
+RTOL_ILL = 1e-10
 
 
 def scipy_fd(mu1, s1, mu2, s2):
@@ -71,6 +75,93 @@ def test_frechet_closed_form(case):
     s1, s2 = (q * a) @ q.T, (q * b) @ q.T
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-10)
+
+
+def hadamard_basis(d):
+    """An orthogonal (d, d) matrix with entries +-1/sqrt(d) (Sylvester's construction)."""
+    h = np.ones((1, 1))
+    while h.shape[0] < d:
+        h = np.block([[h, h], [h, -h]])
+    return h / math.sqrt(d)
+
+
+def exact_commuting_pair(exps1, exps2):
+    """Covariances Q diag(2^-e) Q^T with Q = hadamard_basis(64) (entries +-1/8) and even
+    exponents e <= 40: every product and partial sum is a multiple of 2^-46 below 2^6, so
+    float64 holds the matrices exactly and their eigenvalues are exactly 2^-e."""
+    q = hadamard_basis(64)
+    a, b = 2.0 ** -np.asarray(exps1), 2.0 ** -np.asarray(exps2)
+    return a, b, (q * a) @ q.T, (q * b) @ q.T
+
+
+SPAN = 2 * (np.arange(64) * 20 // 63)         # even exponents 0 ... 40: 12 orders of magnitude
+
+
+@pytest.mark.parametrize("case", ["shared", "reversed", "shuffled"])
+def test_frechet_ill_conditioned_known_answer(case):
+    """Full-rank covariances whose eigenvalues span 1 ... 2^-40 (9e-13), in one orthogonal
+    basis: FD = sum (sqrt a - sqrt b)^2 exactly. `shared`: b = a * 4^{-1, 0, 1} (real and
+    generated spectra alike, the usual FID case); `reversed`: the small eigenvalues of one
+    meet the large of the other; `shuffled`: a random pairing. A cut of eigenvalues of the
+    product S1 S2 below D * eps * its largest (the earlier code) is off by 1e-7 to 4e-7 in the
+    shared and shuffled cases."""
+    rng = np.random.default_rng(12)
+    other = {"shared": np.clip(SPAN + 2 * rng.integers(-1, 2, 64), 0, 40),
+             "reversed": SPAN[::-1], "shuffled": rng.permutation(SPAN)}[case]
+    a, b, s1, s2 = exact_commuting_pair(SPAN, other)
+    mu = rng.standard_normal(64)
+    expected = np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(mu, s1, mu, s2) == pytest.approx(expected, rel=RTOL_ILL)
+    assert frechet_distance(mu, s2, mu, s1) == pytest.approx(expected, rel=RTOL_ILL)
+
+
+def mp_frechet(mu1, s1, mu2, s2, digits=40):
+    """FD of the float64 inputs as they stand, in `digits`-digit arithmetic (mpmath)."""
+    mp = pytest.importorskip("mpmath")
+    with mp.workdps(digits):
+        w, v = mp.eigsy(mp.matrix(s1.tolist()))
+        root = v * mp.diag([mp.sqrt(max(x, 0)) for x in w]) * v.T
+        inner = mp.eigsy(root * mp.matrix(s2.tolist()) * root, eigvals_only=True)
+        tr_sqrt = mp.fsum(mp.sqrt(max(x, 0)) for x in inner)
+        means = mp.fsum(mp.mpf(float(x)) ** 2 for x in mu1 - mu2)
+        traces = mp.fsum(mp.mpf(float(x)) for x in (*np.diag(s1), *np.diag(s2)))
+        return float(means + traces - 2 * tr_sqrt)
+
+
+def test_frechet_ill_conditioned_non_commuting_against_40_digits():
+    """Covariances in two nearby bases (a small rotation apart), eigenvalues over 1 ... 1e-12:
+    the small eigen-directions of the two overlap without coinciding, as for real and
+    generated features. The earlier code was off by 9e-7 here."""
+    rng = np.random.default_rng(13)
+    d = 24
+    q1 = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    turn = np.linalg.qr(np.eye(d) + 0.05 * rng.standard_normal((d, d)))[0]
+    q2 = q1 @ turn
+    a = np.logspace(0, -12, d)
+    b = a * rng.uniform(0.5, 2.0, d)
+    s1, s2 = ((q * w) @ q.T for q, w in ((q1, a), (q2, b)))
+    s1, s2 = 0.5 * (s1 + s1.T), 0.5 * (s2 + s2.T)       # the reference reads one triangle
+    mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d)
+    mu2 = mu1 + 1e-3 * (mu2 - mu1)          # a small mean term, so the covariances decide
+    expected = mp_frechet(mu1, s1, mu2, s2)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=RTOL_ILL)
+
+
+@pytest.mark.parametrize("n1, n2", [(30, 90), (60, 60)])
+def test_frechet_singular_covariances_exact(n1, n2):
+    """Fewer samples than dimensions (rank n - 1 of 128) with a decaying spectrum: with A the
+    centred features, the non-zero eigenvalues of S1 S2 are the squared singular values of
+    A1 A2^T / sqrt((n1 - 1)(n2 - 1)), so Tr (S1 S2)^(1/2) is that matrix's nuclear norm."""
+    rng = np.random.default_rng(n1)
+    scale = np.logspace(0, -3, 128)
+    x1 = rng.standard_normal((n1, 128)) * scale
+    x2 = 1.2 * rng.standard_normal((n2, 128)) * scale + 0.01
+    a1, a2 = x1 - x1.mean(0), x2 - x2.mean(0)
+    nuclear = np.linalg.svd(a1 @ a2.T, compute_uv=False).sum() / math.sqrt((n1 - 1) * (n2 - 1))
+    expected = (np.sum((x1.mean(0) - x2.mean(0)) ** 2) + np.sum(a1 ** 2) / (n1 - 1)
+                + np.sum(a2 ** 2) / (n2 - 1) - 2 * nuclear)
+    got = frechet_distance(*gaussian_stats(x1), *gaussian_stats(x2))
+    assert got == pytest.approx(expected, rel=RTOL_ILL)
 
 
 def test_frechet_identical_stats_is_zero():
@@ -227,6 +318,35 @@ def test_inception_from_file_reproduces_outputs(weights_file):
     torch.testing.assert_close(got_biased, logits + net.fc.bias, rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         net(small[:, :2])
+
+
+def pil_clean_resize(images, size):
+    """clean-fid's resize written out with numpy and PIL: [-1, 1] -> uint8 by rounding in
+    float32 (as images are saved), each channel a float32 ('F') PIL image resized bicubically,
+    clipped, scaled (x - 128) / 128."""
+    from PIL import Image
+    x = images.numpy().astype(np.float32).clip(-1, 1)
+    pixels = np.rint((x + np.float32(1)) * np.float32(127.5)).astype(np.uint8)
+    out = np.stack([np.stack([np.asarray(Image.fromarray(channel.astype(np.float32), "F")
+                                         .resize((size, size), Image.BICUBIC))
+                              for channel in image]) for image in pixels])
+    return torch.from_numpy((out.clip(0, 255) - 128) / 128).float()
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (1, 3, 37, 53), (1, 3, 400, 320)])
+def test_clean_resize_equals_pil_computation(shape):
+    """Up- and downsampling, non-square; values outside [-1, 1] clamp as saving does, and
+    bicubic overshoot past [0, 255] is clipped."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    images = (torch.rand(shape, generator=gen) * 2.2 - 1.1).round(decimals=1)
+    got = inception_module.clean_resize(images, 299)
+    assert got.shape == (shape[0], 3, 299, 299) and got.dtype == torch.float32
+    assert torch.equal(got, pil_clean_resize(images, 299))
+    assert got.min() == -1.0 and got.max() == 127 / 128         # the overshoot was clipped
+    same = inception_module.clean_resize(images[:, :, :20, :20], 20)
+    assert torch.equal(same, pil_clean_resize(images[:, :, :20, :20], 20))
+    with pytest.raises(ValueError, match="FID resize: expected one of"):
+        inception_module.preprocess(images, "bilinear")
 
 
 def test_inception_loads_torch_fidelity_naming(weights_file, tmp_path):

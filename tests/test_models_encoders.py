@@ -1,5 +1,5 @@
 """Encoders, discriminators and losses of t2i_fast.models: ITM (CLIP naming), DAMSM encoders
-(upstream keys), spectral norm, the loss formulas, and the lean mode's memory figure."""
+(upstream keys), spectral norm, the loss formulas, and the max memory policy's figure."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -308,16 +308,16 @@ def test_matching_terms_equal_upstream_loop():
 
 
 # --------------------------------------------------------------------------------------------
-# the lean mode's memory figure at test sizes
+# the max memory policy's figure at test sizes
 # --------------------------------------------------------------------------------------------
 
-def test_lean_saves_far_less_per_refinement_iteration():
-    """Bytes saved for backward per extra word-level iteration: lean + fused vs plain eager.
-    (The benchmark measures it at 256^2 with the GR-GAN widths.)"""
-    def per_iteration(lean, impl):
+def test_max_memory_saves_far_less_per_refinement_iteration():
+    """Bytes saved for backward per extra word-level iteration: memory='max' + fused vs eager
+    with the reference ops. (The benchmark measures it at 256^2 with the GR-GAN widths.)"""
+    def per_iteration(memory, impl):
         sizes = []
         for k in (1, 2):
-            cfg = get_config("tiny", gf_dim=16, r_num=2, lean=lean, impl=impl,
+            cfg = get_config("tiny", gf_dim=16, r_num=2, memory=memory, impl=impl,
                              schedule=(StageSpec("sentence"), StageSpec("word", True, k)))
             torch.manual_seed(0)
             G = G_NET.from_config(cfg)
@@ -328,5 +328,5 @@ def test_lean_saves_far_less_per_refinement_iteration():
     reasons = backends.unavailable("cpu", "dynamic_memory", "cpu", torch.float32)
     if reasons:
         pytest.skip("the fused CPU kernels are not built: " + "; ".join(reasons))
-    eager, lean = per_iteration(False, "reference"), per_iteration(True, "cpu")
-    assert lean * 8 <= eager, (lean, eager)
+    eager, most = per_iteration("eager", "reference"), per_iteration("max", "cpu")
+    assert most * 8 <= eager, (most, eager)

@@ -4,21 +4,33 @@
     tok.encode("a photo of a cat")                           # [320, 1125, 539, 320, 2368]
     tok.tokenize(["a photo of a cat"])       # LongTensor (1, 77): 49406, ..., 49407, 0, ...
 
-The file (clip/bpe_simple_vocab_16e6.txt.gz in OpenAI's CLIP repository) is a gzip text file:
-one header line, then one merge "left right" per line, best first. The vocabulary is built as
-CLIP builds it: the 256 byte characters of `bytes_to_unicode` in its order (ids 0-255), the
-same with "</w>" appended (256-511), the concatenation of each of the first 48,894 merges
-(512-49405), then <|startoftext|> (49406) and <|endoftext|> (49407): 49,408 ids.
+The file (clip/bpe_simple_vocab_16e6.txt.gz in OpenAI's CLIP repository, also shipped inside
+open_clip) is a gzip text file: one header line, then one merge "left right" per line, best
+first. The vocabulary is built as CLIP builds it: the 256 byte characters of `bytes_to_unicode`
+in its order (ids 0-255), the same with "</w>" appended (256-511), the concatenation of each of
+the first 48,894 merges (512-49405), then the start token (49406) and the end token (49407):
+49,408 ids.
 
-Differences from OpenAI's SimpleTokenizer, all in rare characters:
-  * Text cleanup: ftfy.fix_text runs when ftfy is installed. Without it only its most common
-    effects are reproduced (Unicode NFC, curly quotes U+2018-U+201B -> ', U+201C-U+201F -> ");
-    mojibake repair, full-width folding, ligature splitting and control-character removal are
-    skipped. The double html.unescape, whitespace collapsing and lower-casing are as CLIP's.
-  * Splitting: CLIP's pattern uses the `regex` module's \\p{L} (letters) and \\p{N} (numbers).
-    Python's `re` lacks them, so the two classes are built from unicodedata's categories
-    L* and N* (Python's Unicode version, which may differ from the `regex` module's), and \\s
-    is `re`'s whitespace rather than the Unicode White_Space property.
+Special tokens. The ids are OpenAI's in both spellings below; what differs is the text that
+stands for them inside a caption, which is read as the special id rather than as characters:
+  * special_tokens="openai" (default; OpenAI's `clip.tokenize`, which GR-GAN's CMD uses):
+    "<|startoftext|>" and "<|endoftext|>";
+  * special_tokens="open_clip" (open_clip's SimpleTokenizer): "<start_of_text>" and
+    "<end_of_text>".
+The other spelling is ordinary text ("<", "end", "_", ... ). Rows are [start, ids..., end]
+padded with 0; a row longer than the context is cut and its last id set to the end token.
+
+Text cleanup and splitting follow CLIP exactly when the optional packages of the `eval` extra
+are installed (as open_clip requires them):
+  * ftfy: `ftfy.fix_text`, then a double html.unescape, whitespace runs to one space,
+    lower-casing. Without ftfy only its most common effects are reproduced (Unicode NFC,
+    curly quotes U+2018-U+201B -> ', U+201C-U+201F -> "); mojibake repair, full-width
+    folding, ligature splitting and control-character removal are skipped.
+  * regex: CLIP's pattern with \\p{L} (letters) and \\p{N} (numbers). Without it the two
+    classes are built from Python's unicodedata categories L* and N*, whose Unicode version
+    (14.0 in Python 3.11) lacks the letters added since.
+Whitespace is Python's str.isspace, as open_clip's `" ".join(text.split())`; OpenAI's
+regex \\s differs only on U+001C-U+001F, which ftfy removes.
 """
 import functools
 import gzip
@@ -27,6 +39,7 @@ import os
 import re
 import sys
 import unicodedata
+import warnings
 
 import torch
 
@@ -34,9 +47,16 @@ try:
     import ftfy
 except ImportError:   # optional: see the module docstring for what is lost without it
     ftfy = None
+try:
+    import regex
+except ImportError:   # optional: see the module docstring
+    regex = None
 
-SOT, EOT = "<|startoftext|>", "<|endoftext|>"
+# the text standing for the start and end tokens, per tokenizer being followed
+SPECIAL_TOKENS = {"openai": ("<|startoftext|>", "<|endoftext|>"),
+                  "open_clip": ("<start_of_text>", "<end_of_text>")}
 N_MERGES = 49152 - 256 - 2     # the merges CLIP reads: 48,894
+_AFTER_SPECIALS = r"|'s|'t|'re|'ve|'m|'ll|'d|[{L}]+|[{N}]|[^\s{L}{N}]+"
 
 
 @functools.lru_cache(maxsize=None)
@@ -58,8 +78,8 @@ def bytes_to_unicode():
 
 
 @functools.lru_cache(maxsize=None)
-def _split_pattern():
-    """CLIP's pre-tokenisation regex with \\p{L} and \\p{N} spelled out as character classes."""
+def _category_classes():
+    """(letters, numbers): \\p{L} and \\p{N} spelled out as `re` character-class ranges."""
     ranges = {"L": [], "N": []}
     for cp in range(sys.maxunicode + 1):
         major = unicodedata.category(chr(cp))[0]
@@ -72,9 +92,19 @@ def _split_pattern():
 
     def klass(spans):
         return "".join(f"\\U{a:08x}" if a == b else f"\\U{a:08x}-\\U{b:08x}" for a, b in spans)
-    letters, numbers = klass(ranges["L"]), klass(ranges["N"])
-    return re.compile(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d"
-                      rf"|[{letters}]+|[{numbers}]|[^\s{letters}{numbers}]+", re.IGNORECASE)
+    return klass(ranges["L"]), klass(ranges["N"])
+
+
+@functools.lru_cache(maxsize=None)
+def _split_pattern(specials):
+    """CLIP's pre-tokenisation regex: the special-token texts `specials`, then CLIP's rules."""
+    alternatives = "|".join(re.escape(t) for t in specials)
+    if regex is not None:
+        return regex.compile(alternatives + _AFTER_SPECIALS.format(L=r"\p{L}", N=r"\p{N}"),
+                             regex.IGNORECASE)
+    letters, numbers = _category_classes()
+    return re.compile(alternatives + _AFTER_SPECIALS.format(L=letters, N=numbers),
+                      re.IGNORECASE)
 
 
 def clean_text(text):
@@ -85,7 +115,7 @@ def clean_text(text):
         text = unicodedata.normalize("NFC", text)
         text = re.sub("[\u2018-\u201b]", "'", re.sub("[\u201c-\u201f]", '"', text))
     text = html.unescape(html.unescape(text))
-    return re.sub(r"\s+", " ", text).strip().lower()
+    return " ".join(text.split()).lower()
 
 
 def read_merges(path):
@@ -114,22 +144,31 @@ def read_merges(path):
 
 
 class ClipTokenizer:
-    """CLIP's tokenizer over the merges of `bpe_path` (see the module docstring)."""
+    """CLIP's tokenizer over the merges of `bpe_path`; special_tokens: "openai" or
+    "open_clip", the text read as the start / end token (see the module docstring)."""
 
-    def __init__(self, bpe_path):
+    def __init__(self, bpe_path, special_tokens="openai"):
+        if special_tokens not in SPECIAL_TOKENS:
+            raise ValueError(f"ClipTokenizer special_tokens: expected one of "
+                             f"{sorted(SPECIAL_TOKENS)}, got {special_tokens!r}")
+        if ftfy is None:
+            warnings.warn("ftfy is not installed: CLIP text cleanup is approximated and differs "
+                          "from CLIP's on rare characters (pip install 't2i_fast[eval]')",
+                          stacklevel=2)
         self.merges = read_merges(os.fspath(bpe_path))
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         symbols = list(self.byte_encoder.values())
         vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in self.merges]
-        vocab += [SOT, EOT]
+        specials = SPECIAL_TOKENS[special_tokens]
+        vocab += specials
         self.encoder = {token: i for i, token in enumerate(vocab)}
         self.decoder = dict(enumerate(vocab))
         self.ranks = {pair: rank for rank, pair in enumerate(self.merges)}
-        self.sot_id, self.eot_id = self.encoder[SOT], self.encoder[EOT]
+        self.sot_id, self.eot_id = (self.encoder[t] for t in specials)
         self.vocab_size = len(vocab)
-        self._cache = {SOT: (SOT,), EOT: (EOT,)}
-        self._pattern = _split_pattern()
+        self._cache = {t: (t,) for t in specials}
+        self._pattern = _split_pattern(specials)
 
     def pre_tokenize(self, text):
         """The cleaned text split into CLIP's word pieces (before BPE)."""

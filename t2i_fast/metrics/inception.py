@@ -18,13 +18,18 @@ Mixed_7c.branch_pool), then `fc.weight` (1008, 2048) and `fc.bias`; `*.bn.num_ba
 may be present or not. That is the naming of pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`
 and also of torch-fidelity's `weights-inception-2015-12-05-6726825d.pth`, whose conversion
 script writes exactly these names (without num_batches_tracked). torch-fidelity's own
-preprocessing (uint8 input, a TF1-style resize) is not reproduced: this module always applies
-pytorch-fid's.
+preprocessing (uint8 input, a TF1-style resize, (x - 128) / 128) is not reproduced; at 299x299,
+where it does not resize, the same uint8 images scaled as it scales give the same features.
 
-Preprocessing (pytorch-fid): bilinear resize to 299x299 with align_corners=False; the input is
-already in [-1, 1] (pytorch-fid maps [0, 1] to [-1, 1] after resizing; the resize is linear, so
-the order does not matter beyond rounding). DM-GAN's FID script first resizes images to 299 with
-PIL, which gives slightly different numbers than resizing the tensors here.
+Preprocessing, `resize=` (FID_RESIZES), for images in [-1, 1] of any size:
+  * "pytorch-fid" (default): bilinear resize of the float tensor to 299x299 with
+    align_corners=False; the input is already in [-1, 1] (pytorch-fid maps [0, 1] to [-1, 1]
+    after resizing; the resize is linear, so the order does not matter beyond rounding).
+  * "clean": clean-fid's: each image rounded to uint8 as it is saved
+    (t2i_fast.data.tensor_to_image), each channel resized by PIL's bicubic filter in 32-bit
+    float ('F') mode and clipped to [0, 255] without rounding again, then scaled by
+    (x - 128) / 128 as clean-fid (and the TF graph, and torch-fidelity) feed the network.
+DM-GAN's FID script resizes images to 299 with PIL, which gives slightly different numbers again.
 """
 import os
 from collections.abc import Mapping
@@ -34,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t2i_fast.data import tensor_to_image
 from t2i_fast.metrics.frechet import frechet_distance, gaussian_stats, resolve_stats, to_float64
 
 INPUT_SIZE = 299
@@ -41,6 +47,35 @@ POOL3_DIM = 2048
 NUM_CLASSES = 1008
 WEIGHT_FILES = ("pt_inception-2015-12-05-6726825d.pth (pytorch-fid) or "
                 "weights-inception-2015-12-05-6726825d.pth (torch-fidelity)")
+FID_RESIZES = {"pytorch-fid": "bilinear on the float tensor (pytorch-fid)",
+               "clean": "PIL bicubic on the uint8 image (clean-fid)"}
+DEFAULT_FID_RESIZE = "pytorch-fid"
+
+
+def clean_resize(images, size):
+    """images (B, 3, H, W) in [-1, 1] -> (B, 3, size, size) float32 on the same device, in
+    clean-fid's network scale (x - 128) / 128 of the resized [0, 255] values (see the module
+    docstring). Runs on the CPU through PIL, one channel at a time as clean-fid does."""
+    from PIL import Image
+    out = np.empty((images.shape[0], 3, size, size), dtype=np.float32)
+    for i, image in enumerate(images):
+        pixels = np.asarray(tensor_to_image(image))                            # (H, W, 3) uint8
+        for c in range(3):
+            channel = Image.fromarray(pixels[:, :, c].astype(np.float32))      # mode 'F'
+            out[i, c] = np.asarray(channel.resize((size, size), Image.Resampling.BICUBIC))
+    x = torch.from_numpy(out.clip(0, 255)).to(images.device)
+    return (x - 128) / 128
+
+
+def preprocess(images, resize=DEFAULT_FID_RESIZE):
+    """images (B, 3, H, W) in [-1, 1] -> the network input (B, 3, 299, 299) under the
+    FID_RESIZES rule `resize`."""
+    if resize == "pytorch-fid":
+        return F.interpolate(images, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear",
+                             align_corners=False)
+    if resize == "clean":
+        return clean_resize(images, INPUT_SIZE).to(images.dtype)
+    raise ValueError(f"FID resize: expected one of {sorted(FID_RESIZES)}, got {resize!r}")
 
 
 class BasicConv2d(nn.Module):
@@ -201,8 +236,11 @@ class InceptionFID(nn.Module):
         self.Mixed_7c = InceptionE(2048, pool="max")
         self.fc = nn.Linear(POOL3_DIM, NUM_CLASSES)
 
-    def forward(self, images, logits_bias=False):
+    def forward(self, images, logits_bias=False, resize=DEFAULT_FID_RESIZE):
         """images (B, 3, H, W) in [-1, 1], any H, W -> pool3 (B, 2048), logits (B, 1008).
+
+        resize: how images become the 299x299 network input, a key of FID_RESIZES (see the
+        module docstring).
 
         logits_bias: add fc.bias. Off by default because the improved-GAN Inception Score code
         (used by DM-GAN for COCO) multiplies pool3 by the softmax weight matrix alone
@@ -211,8 +249,7 @@ class InceptionFID(nn.Module):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"InceptionFID images: expected shape (B, 3, H, W), "
                              f"got {tuple(images.shape)}")
-        x = images.to(self.fc.weight.dtype)
-        x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+        x = preprocess(images.to(self.fc.weight.dtype), resize)
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))       # 64 x 147^2
         x = F.max_pool2d(x, kernel_size=3, stride=2)                              # 64 x 73^2
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))                             # 192 x 71^2

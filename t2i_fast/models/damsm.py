@@ -180,8 +180,10 @@ class CNN_ENCODER(nn.Module):  # noqa: N801 (upstream name)
     nef: embedding width; width: channel multiplier of the trunk (1.0 upstream); image_size:
     the trunk's input side (299); align_corners: of the bilinear resize (DM-GAN True, AttnGAN
     False). No ImageNet mean/std, as upstream. The trunk is frozen and kept in eval mode
-    (`train()` leaves it there); only emb_features and emb_cnn_code train.
+    (`train()` leaves it there); only emb_features and emb_cnn_code train. With
+    `trunk_in_eval` False the frozen trunk follows train() as in upstream DAMSM pretraining.
     """
+    trunk_in_eval = True
 
     def __init__(self, nef=256, width=1.0, image_size=299, align_corners=True,
                  freeze_trunk=True):
@@ -218,7 +220,7 @@ class CNN_ENCODER(nn.Module):  # noqa: N801 (upstream name)
 
     def train(self, mode=True):
         super().train(mode)
-        if self.freeze_trunk:   # frozen BN statistics stay those of the checkpoint
+        if self.freeze_trunk and self.trunk_in_eval:   # BN statistics stay the checkpoint's
             for name, child in self.named_children():
                 if not name.startswith("emb_"):
                     child.eval()
