@@ -1,13 +1,17 @@
 """python -m t2i_fast.evaluate on a tiny run with tiny random-weight embedders saved to files:
 every metric against a direct computation, the attribute classifier, and the error messages."""
+import contextlib
 import gzip
+import io
 import json
 import math
+import re
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from run_helpers import read_only
 
 from t2i_fast import evaluate as ev
 from t2i_fast.evaluate import cli as evaluate_cli
@@ -48,6 +52,21 @@ def randomize_inception(net, seed=0):
     return net.eval()
 
 
+def small_clip_files(folder):
+    """A random ViT CLIP small enough for seconds and BPE merges for its tokenizer, saved in
+    `folder`: (clip.pt, bpe.txt.gz)."""
+    bpe = folder / "bpe.txt.gz"
+    with gzip.open(bpe, "wt", encoding="utf-8") as f:
+        f.write("\n".join(["#version: 0.2", *MERGES]) + "\n")
+    torch.manual_seed(0)
+    clip = ClipViT(embed_dim=24, image_resolution=32, vision_layers=1, vision_width=64,
+                   vision_patch_size=8, context_length=32, vocab_size=512 + len(MERGES) + 2,
+                   transformer_width=64, transformer_layers=1)
+    torch.save(clip.state_dict(), folder / "clip.pt")
+    return folder / "clip.pt", bpe
+
+
+# Making it takes about a minute on 2 CPU cores: the tests that use it are marked slow.
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """A tiny run, embedder files, a quickly trained attribute classifier in the cache.
@@ -68,14 +87,7 @@ def _env(tmp_path_factory):
     cfg = train_config("tiny", steps=2, itm_steps=2, dataset_size=32, batch_size=4,
                        num_samples=4, threads=1, out=str(run_dir))
     Run(cfg, run_dir, quiet=True).train()
-    bpe = root / "bpe.txt.gz"
-    with gzip.open(bpe, "wt", encoding="utf-8") as f:
-        f.write("\n".join(["#version: 0.2", *MERGES]) + "\n")
-    torch.manual_seed(0)
-    clip = ClipViT(embed_dim=24, image_resolution=32, vision_layers=1, vision_width=64,
-                   vision_patch_size=8, context_length=32, vocab_size=512 + len(MERGES) + 2,
-                   transformer_width=64, transformer_layers=1)
-    torch.save(clip.state_dict(), root / "clip.pt")
+    _, bpe = small_clip_files(root)
     inception = randomize_inception(InceptionFID())
     torch.save(inception.state_dict(), root / "pt_inception-2015-12-05-6726825d.pth")
     cache = root / "cache"
@@ -115,6 +127,7 @@ def loaded(env):
 # The report and the generated images
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_report_has_every_metric(report):
     assert list(report["metrics"]) == list(ev.METRICS)          # the default: all five
     m = report["metrics"]
@@ -127,6 +140,7 @@ def test_cli_report_has_every_metric(report):
         assert report["timings_s"][key] >= 0, key
 
 
+@pytest.mark.slow
 def test_default_report_path_and_table(env, capsys):
     ev.main(["--run", str(env["run"]), "--num-images", str(N), "--metrics", "r_precision",
              "--cache", str(env["cache"])])
@@ -136,6 +150,7 @@ def test_default_report_path_and_table(env, capsys):
     assert stored["settings"]["metrics"] == ["r_precision"]
 
 
+@pytest.mark.slow
 def test_captions_follow_the_dataset_and_loop_the_split(loaded):
     run, ds, _, _ = loaded
     small = ShapesDataset("test", image_size=64, max_words=ds.max_words, size=3)
@@ -148,6 +163,7 @@ def test_captions_follow_the_dataset_and_loop_the_split(loaded):
         assert caps.texts[row] == small.vocab.decode(item["caption"])
 
 
+@pytest.mark.slow
 def test_generated_images_equal_run_generate(loaded):
     run, _, caps, images = loaded
     parts = [x for _, x in ev.generate_batches(run, caps, SEED, batch_size=7)]
@@ -162,6 +178,7 @@ def encode_sentences(run, ids, lens):
     return text_features(run.models, run.codec.encode(ids, lens), lens)[1]
 
 
+@pytest.mark.slow
 def test_r_precision_equals_independent_computation(report, loaded):
     run, ds, caps, images = loaded
     cpi = ds.captions_per_image
@@ -186,6 +203,7 @@ def test_r_precision_equals_independent_computation(report, loaded):
     assert got["std"] == pytest.approx(std, abs=1e-12)
 
 
+@pytest.mark.slow
 def test_r_precision_folds_with_known_hits(env, loaded, monkeypatch):
     """Image codes replaced by +-(own sentence embedding): rows with + are hits (cosine 1),
     rows with - misses (cosine -1), so the score is DM-GAN's folds over a known hit pattern."""
@@ -212,6 +230,7 @@ def test_r_precision_folds_with_known_hits(env, loaded, monkeypatch):
     assert (got["mean"], got["std"]) == pytest.approx((mean, std), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_matcher_and_backend_flags(env, report, monkeypatch):
     calls = []
 
@@ -231,6 +250,7 @@ def real_test_images(ds, count):
     return torch.stack([ds.item(i)["image"] for i in range(count)])
 
 
+@pytest.mark.slow
 def test_cmd_equals_direct_computation(env, report, loaded):
     run, ds, caps, images = loaded
     clip = ClipViT.from_file(env["clip"])
@@ -264,6 +284,7 @@ def test_fid_of_few_is_the_frechet_distance():
         fid_from_features(gaussian_stats(real), fake), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_fid_and_is_equal_direct_computation(env, report, loaded):
     run, ds, caps, images = loaded
     net = InceptionFID.from_file(env["inception"])
@@ -277,6 +298,29 @@ def test_fid_and_is_equal_direct_computation(env, report, loaded):
     assert report["metrics"]["is"]["std"] == pytest.approx(is_std, rel=1e-3, abs=1e-6)
 
 
+@pytest.mark.slow
+def test_fid_resize_clean_equals_direct_computation(env, report, loaded):
+    """--fid-resize clean sends the same images through clean-fid's resize for FID and IS, has
+    its own real-statistics cache entry, and is named in the report and the table."""
+    run, ds, caps, images = loaded
+    got = cli(env, "--inception-weights", str(env["inception"]), "--fid-resize", "clean",
+              metrics="fid,is", out="clean.json")["metrics"]
+    net = InceptionFID.from_file(env["inception"])
+    with torch.no_grad():
+        real_pool3, _ = net(real_test_images(ds, NUM_REAL), resize="clean")
+        pool3, logits = (torch.cat(parts) for parts in
+                         zip(*[net(x, resize="clean") for x in images.split(8)]))
+    assert report["metrics"]["fid"]["resize"] == report["metrics"]["is"]["resize"] == "pytorch-fid"
+    assert got["fid"]["resize"] == got["is"]["resize"] == "clean"
+    assert got["fid"]["real_stats_cached"] is False
+    assert got["fid"]["value"] == pytest.approx(fid_of_few(real_pool3, pool3), rel=1e-5)
+    assert got["fid"]["value"] != pytest.approx(report["metrics"]["fid"]["value"], rel=1e-3)
+    assert got["is"]["mean"] == pytest.approx(inception_score(logits, splits=10)[0], rel=1e-4)
+    table = evaluate_cli.format_table({**report, "metrics": got})
+    assert "resize clean" in table
+
+
+@pytest.mark.slow
 def test_cmd_real_statistics_are_cached(env, report):
     again = cli(env, "--clip-weights", str(env["clip"]), "--clip-bpe", str(env["bpe"]),
                 metrics="cmd", out="cached.json")
@@ -287,6 +331,7 @@ def test_cmd_real_statistics_are_cached(env, report):
     assert len(list(env["cache"].glob("shapes-test-s64-clip-*.npz"))) == 2
 
 
+@pytest.mark.slow
 def test_cmd_in_the_run_embedding_space(env):
     got = cli(env, "--embedder", "run", metrics="cmd", out="cmd_run.json")["metrics"]["cmd"]
     assert got["embedder"] == "run" and got["comparable"] is False and "note" in got
@@ -297,6 +342,7 @@ def test_cmd_in_the_run_embedding_space(env):
 # Attribute accuracy
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_attributes_real_images_high_generated_lower(report, loaded, env):
     _, ds, caps, images = loaded
     got = report["metrics"]["attributes"]
@@ -332,6 +378,7 @@ def test_caption_labels_follow_the_captions():
                 assert row[k] == (-1 if named[name] is None else truth[name])
 
 
+@pytest.mark.slow
 def test_classifier_checkpoint_roundtrip_and_errors(env, tmp_path):
     path = env["cache"] / ev.classifier_name(64)
     net, info, trained = attr.load_or_train(path, 64)
@@ -353,12 +400,23 @@ def test_classifier_checkpoint_roundtrip_and_errors(env, tmp_path):
 # Error messages
 # --------------------------------------------------------------------------------------------
 
+def refused(argv, match):
+    """python -m t2i_fast.evaluate `argv` (in this process) exits with 2 and one line on stderr
+    matching `match`."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = ev.main(argv)
+    err = err.getvalue()
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, (code, err)
+    assert re.search(match, err), err
+
+
 def fails(env, *args, match):
-    with pytest.raises(SystemExit, match=match):
-        ev.main(["--run", str(env["run"]), "--num-images", str(N), "--num-real", str(NUM_REAL),
-                 "--cache", str(env["cache"]), "--out", str(env["root"] / "x.json"), *args])
+    refused(["--run", str(env["run"]), "--num-images", str(N), "--num-real", str(NUM_REAL),
+             "--cache", str(env["cache"]), "--out", str(env["root"] / "x.json"), *args], match)
 
 
+@pytest.mark.slow
 def test_errors_for_weight_files(env, tmp_path):
     bad = tmp_path / "corrupt.pth"
     bad.write_bytes(b"\x00garbage")
@@ -371,12 +429,13 @@ def test_errors_for_weight_files(env, tmp_path):
     fails(env, "--metrics", "cmd", "--clip-weights", str(env["clip"]), "--clip-bpe", str(bad),
           match=r"--clip-bpe \S*corrupt.pth: cannot read CLIP BPE merges file")
     fails(env, "--metrics", "r_precision", "--matcher", str(bad),
-          match=r"--matcher \S*corrupt.pth: checkpoint .* truncated or corrupt")
+          match=r"--matcher \S*corrupt.pth: \S*corrupt.pth is not a t2i_fast checkpoint")
     torch.save({"encoder": {}}, tmp_path / "foreign.pt")
     fails(env, "--metrics", "r_precision", "--matcher", str(tmp_path / "foreign.pt"),
           match=r"--matcher \S*foreign.pt: expected \{'text_encoder'")
 
 
+@pytest.mark.slow
 def test_errors_for_missing_flags_and_bad_requests(env):
     fails(env, "--metrics", "cmd", match=r"cmd needs --clip-weights .* or --embedder run")
     fails(env, "--metrics", "cmd", "--clip-weights", str(env["clip"]),
@@ -387,19 +446,23 @@ def test_errors_for_missing_flags_and_bad_requests(env):
           match=r"r_precision needs --num-images >= 20")
     fails(env, "--metrics", "cmd", "--embedder", "run", "--num-real", "2000",
           match=r"--num-real 2000 exceeds the 1000 test images")
-    with pytest.raises(SystemExit, match=r"--run \S*: .*not a run directory"):
-        ev.main(["--run", str(env["root"])])
+    refused(["--run", str(env["root"])], r"--run \S*: .*not a run directory")
+    fails(env, "--metrics", "r_precision", "--device", "cuda:99", match=r"--device cuda:99")
+    fails(env, "--metrics", "r_precision", "--num-images", "2.5",
+          match=r"--num-images: invalid int value")
+    fails(env, "--metrics", "r_precision", "--device", "cpu", "--backend", "cuda",
+          match=r"backend 'cuda' cannot run on cpu")
 
 
+@pytest.mark.slow
 def test_error_for_attributes_on_another_dataset(env, tmp_path):
     other = tmp_path / "folder_run"
     shutil.copytree(env["run"], other, ignore=shutil.ignore_patterns("eval*", "samples"))
     stored = json.loads((other / "config.json").read_text())
     stored["train"].update(dataset="folder", data_dir=str(tmp_path / "images"))
     (other / "config.json").write_text(json.dumps(stored))
-    with pytest.raises(SystemExit, match="attributes needs the built-in shapes dataset; this "
-                                         "run uses 'folder'"):
-        ev.main(["--run", str(other), "--metrics", "attributes"])
+    refused(["--run", str(other), "--metrics", "attributes"],
+            "attributes needs the built-in shapes dataset; this run uses 'folder'")
 
 
 class EmptySplit(CaptionDataset):
@@ -409,6 +472,40 @@ class EmptySplit(CaptionDataset):
         return 0
 
 
+@pytest.mark.slow
 def test_error_for_an_empty_test_split(env, monkeypatch):
     monkeypatch.setattr(LoadedRun, "dataset", lambda self, split="test": EmptySplit())
     fails(env, "--metrics", "r_precision", match=r"test split of dataset 'shapes' is empty")
+
+
+@pytest.mark.slow
+def test_a_run_without_readable_encoders_is_refused(env, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(env["run"], copy, ignore=shutil.ignore_patterns("eval*", "samples"))
+    (copy / "encoders.pt").unlink()
+    refused(["--run", str(copy), "--metrics", "r_precision", "--out", str(tmp_path / "r.json")],
+            rf"--run \S*: {re.escape(str(copy / 'encoders.pt'))} is missing")
+    (copy / "encoders.pt").write_bytes(b"\x00" * 64)
+    refused(["--run", str(copy), "--metrics", "r_precision", "--out", str(tmp_path / "r.json")],
+            r"encoders.pt is not a t2i_fast checkpoint")
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.slow
+def test_a_read_only_run_directory_is_refused_before_computing(env, tmp_path, monkeypatch):
+    copy = tmp_path / "run"
+    shutil.copytree(env["run"], copy, ignore=shutil.ignore_patterns("eval*", "samples"))
+    with read_only(copy):
+        with monkeypatch.context() as patch:
+            def computed(*args):
+                raise AssertionError("images were generated before the output check")
+            patch.setattr(evaluate_cli, "generate_batches", computed)
+            refused(["--run", str(copy), "--metrics", "r_precision,attributes",
+                     "--num-images", str(N)],
+                    rf"cannot create the folder {re.escape(str(copy))}/eval: .*; give --out PATH "
+                    r"and --cache DIR in a writable place")
+        out = tmp_path / "report.json"
+        assert ev.main(["--run", str(copy), "--metrics", "r_precision", "--num-images", str(N),
+                        "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["metrics"]["r_precision"]["trials"] == N
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -1,4 +1,5 @@
 """Training learns: objective checks with fixed seeds and bounds an untrained model fails."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -28,6 +29,7 @@ def colour_retrieval(run, n=96):
     return (colour[sim.argmax(dim=1)] == colour).float().mean().item()
 
 
+@pytest.mark.slow
 def test_matching_encoders_learn_colours_from_captions(tmp_path):
     cfg = train_config("tiny", itm_steps=120, steps=1, ckpt_every=1, sample_every=1,
                        dataset_size=512, batch_size=16, num_samples=2, threads=2, seed=3,
@@ -52,11 +54,12 @@ def generated_colour_accuracy(run, n=300):
     return (dominant_colour(run.generate(caption, cap_len, seed=1)) == colour).float().mean().item()
 
 
+@pytest.mark.slow
 def test_generator_learns_the_captioned_colour(tmp_path):
     def config(name, steps):
         return train_config("tiny", itm_steps=120, steps=steps, ckpt_every=steps,
                             sample_every=steps, log_every=50, dataset_size=2048, batch_size=16,
-                            num_samples=4, threads=2, seed=3, model={"ema_decay": 0.99},
+                            num_samples=4, threads=2, seed=3, ema_decay=0.99,
                             out=str(tmp_path / name))
     trained, untrained = config("trained", 200), config("untrained", 1)
     for cfg in (trained, untrained):

@@ -18,6 +18,8 @@ import warnings
 
 from PIL import Image
 
+from t2i_fast.errors import DataError, DataNotFound
+
 from . import pickles
 from .base import CaptionDataset, image_to_tensor
 from .vocab import Vocabulary, tokenize
@@ -38,7 +40,7 @@ def bbox_crop(img, bbox):
     cx, cy = int((2 * x + w) / 2), int((2 * y + h) / 2)
     box = (max(0, cx - r), max(0, cy - r), min(width, cx + r), min(height, cy + r))
     if box[2] <= box[0] or box[3] <= box[1]:
-        raise ValueError(f"bounding box {tuple(bbox)} leaves nothing of the {width}x{height} "
+        raise DataError(f"bounding box {tuple(bbox)} leaves nothing of the {width}x{height} "
                          f"image")
     return img.crop(box)
 
@@ -64,19 +66,19 @@ def square_image(img, size, rng=None, augment=False):
 def open_image(path):
     """The RGB image at `path`; clear errors for missing or unreadable files."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"image {path} not found")
+        raise DataNotFound(f"image {path} not found")
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
     except OSError as e:
-        raise ValueError(f"image {path} cannot be read: {e}") from e
+        raise DataError(f"image {path} cannot be read: {e}") from e
 
 
 def read_caption_lines(path):
     """(line, tokens) of each non-blank line of a caption file; tokens is [] for a line
     without words. Undecodable bytes become U+FFFD; AttnGAN's '\\ufffd\\ufffd' -> ' ' is kept."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"caption file {path} not found")
+        raise DataNotFound(f"caption file {path} not found")
     with open(path, encoding="utf-8", errors="replace") as f:
         lines = f.read().split("\n")
     return [(line, tokenize(line.replace("\ufffd\ufffd", " "))) for line in lines
@@ -85,7 +87,7 @@ def read_caption_lines(path):
 
 def _need(path, what):
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{what} {path} not found")
+        raise DataNotFound(f"{what} {path} not found")
     return path
 
 
@@ -112,8 +114,8 @@ class _SquareImages(CaptionDataset):
         if self.bboxes is not None:
             try:
                 img = bbox_crop(img, self.bboxes[index])
-            except ValueError as e:
-                raise ValueError(f"image {path}: {e}") from e
+            except DataError as e:
+                raise DataError(f"image {path}: {e}") from e
         return square_image(img, self.image_size, rng, self.augment)
 
 
@@ -126,17 +128,20 @@ class AttnGANDataset(_SquareImages):
     captions_per_image: K (default 10 for CUB, 5 for COCO); bbox: crop around the CUB
     bounding box (default: True for CUB; COCO has none)
     train_augment: random resize-crop and flip on the train split (see the module doc)
+    write_captions: write captions.pickle when it was built from text/ (False: build it in
+    memory only, e.g. to show a run's config without writing anything)
 
     Class ids come from <split>/class_info.pickle when present, else the index (COCO).
     """
 
     def __init__(self, root, split="train", kind=None, image_size=256, max_words=18,
-                 captions_per_image=None, bbox=None, seed=0, train_augment=True):
+                 captions_per_image=None, bbox=None, seed=0, train_augment=True,
+                 write_captions=True):
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         root = os.fspath(root)
         if not os.path.isdir(root):
-            raise FileNotFoundError(f"AttnGAN data folder {root} not found")
+            raise DataNotFound(f"AttnGAN data folder {root} not found")
         if kind is None:
             kind = "cub" if os.path.isdir(os.path.join(root, "CUB_200_2011")) else "coco"
         if kind not in KINDS:
@@ -144,6 +149,7 @@ class AttnGANDataset(_SquareImages):
         image_dir, default_k, default_bbox = KINDS[kind]
         super().__init__(image_size, max_words, seed, augment=train_augment and split == "train")
         self.root, self.split, self.kind = root, split, kind
+        self.write_captions = write_captions
         self.captions_per_image = k = int(captions_per_image or default_k)
         if k < 1:
             raise ValueError(f"captions_per_image must be >= 1, got {captions_per_image}")
@@ -152,7 +158,7 @@ class AttnGANDataset(_SquareImages):
         self.paths = [os.path.join(root, image_dir, key + ".jpg") for key in self.keys]
         flat, self.vocab = self._load_captions()
         if len(flat) != len(self.keys) * k:
-            raise ValueError(
+            raise DataError(
                 f"{self._file('captions.pickle')}: {len(flat)} {split} captions but "
                 f"{self._file(split, 'filenames.pickle')} lists {len(self.keys)} images "
                 f"× {k} captions per image = {len(self.keys) * k}")
@@ -179,7 +185,7 @@ class AttnGANDataset(_SquareImages):
             try:
                 vocab = Vocabulary(ixtoword)
             except ValueError as e:
-                raise ValueError(f"{path}: {e}") from e
+                raise DataError(f"{path}: {e}") from e
         else:
             train, test, vocab = self._build_captions(path)
         return (train if self.split == "train" else test), vocab
@@ -200,12 +206,14 @@ class AttnGANDataset(_SquareImages):
                 text = self._file("text", key + ".txt")
                 caps = [c for _, c in read_caption_lines(text) if c][:self.captions_per_image]
                 if len(caps) < self.captions_per_image:
-                    raise ValueError(f"caption file {text} has {len(caps)} captions with "
+                    raise DataError(f"caption file {text} has {len(caps)} captions with "
                                      f"words, expected at least {self.captions_per_image}")
                 tokens[split].extend(caps)
         vocab = Vocabulary.build(tokens["train"] + tokens["test"])
         train, test = ([[vocab.wordtoix[w] for w in c] for c in tokens[s]]
                        for s in ("train", "test"))
+        if not self.write_captions:
+            return train, test, vocab
         try:
             pickles.write_captions(path, train, test, vocab.ixtoword, vocab.wordtoix)
         except OSError as e:
@@ -218,7 +226,7 @@ class AttnGANDataset(_SquareImages):
         for key, caps in zip(self.keys, self.caps):
             for c in caps:
                 if not c or min(c) < 0 or max(c) >= n:
-                    raise ValueError(f"{self._file('captions.pickle')}: a caption of {key!r} "
+                    raise DataError(f"{self._file('captions.pickle')}: a caption of {key!r} "
                                      f"is empty or has ids outside 0..{n - 1}")
 
     def _load_bboxes(self):
@@ -231,19 +239,19 @@ class AttnGANDataset(_SquareImages):
         with open(boxes) as f:
             box_rows = [line.split() for line in f if line.strip()]
         if len(rows) != len(box_rows):
-            raise ValueError(f"{names} has {len(rows)} rows but {boxes} has {len(box_rows)}")
+            raise DataError(f"{names} has {len(rows)} rows but {boxes} has {len(box_rows)}")
         table = {}
         for line, (row, box) in enumerate(zip(rows, box_rows), start=1):
             if len(row) != 2 or len(box) != 5 or row[0] != box[0]:
-                raise ValueError(f"row {line} of {names} / {boxes}: expected 'id path' and "
+                raise DataError(f"row {line} of {names} / {boxes}: expected 'id path' and "
                                  f"'id x y w h' with the same id, got {row} and {box}")
             try:
                 table[os.path.splitext(row[1].strip())[0]] = [int(float(v)) for v in box[1:]]
             except ValueError as e:
-                raise ValueError(f"row {line} of {boxes}: {e}") from e
+                raise DataError(f"row {line} of {boxes}: {e}") from e
         missing = [k for k in self.keys if k not in table]
         if missing:
-            raise ValueError(f"{boxes}: no bounding box for {len(missing)} keys of "
+            raise DataError(f"{boxes}: no bounding box for {len(missing)} keys of "
                              f"{self._file(self.split, 'filenames.pickle')}, e.g. {missing[0]!r}")
         return [table[k] for k in self.keys]
 
@@ -266,16 +274,16 @@ class FolderDataset(_SquareImages):
                  train_augment=True):
         root = os.fspath(root)
         if not os.path.isdir(root):
-            raise FileNotFoundError(f"image folder {root} not found")
+            raise DataNotFound(f"image folder {root} not found")
         if split not in (None, "train", "test"):
             raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
         splits = [s for s in ("train", "test") if os.path.isdir(os.path.join(root, s))]
         split = split or "train"
         if splits and split not in splits:
-            raise FileNotFoundError(f"split {split!r}: folder {os.path.join(root, split)} "
+            raise DataNotFound(f"split {split!r}: folder {os.path.join(root, split)} "
                                     f"not found")
         if not splits and split != "train":
-            raise FileNotFoundError(f"split {split!r} needs a subfolder "
+            raise DataNotFound(f"split {split!r} needs a subfolder "
                                     f"{os.path.join(root, split)}; {root} has no train/ or "
                                     f"test/ subfolder, so all its images form the train split")
         super().__init__(image_size, max_words, seed, augment=train_augment and split == "train")
@@ -298,22 +306,22 @@ class FolderDataset(_SquareImages):
             if ext.lower() not in IMAGE_EXTENSIONS or not os.path.isfile(path):
                 continue
             if stem in images:
-                raise ValueError(f"two images named {stem!r} in {folder}: "
+                raise DataError(f"two images named {stem!r} in {folder}: "
                                  f"{images[stem]} and {path}")
             images[stem] = path
         if not images:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+            raise DataNotFound(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
         out = []
         for stem, path in images.items():
             text = os.path.join(folder, stem + ".txt")
             if not os.path.isfile(text):
-                raise FileNotFoundError(f"image {path} has no caption file {text}")
+                raise DataNotFound(f"image {path} has no caption file {text}")
             lines = read_caption_lines(text)
             if not lines:
-                raise ValueError(f"caption file {text} is empty")
+                raise DataError(f"caption file {text} is empty")
             for line, caption in lines:
                 if not caption:
-                    raise ValueError(f"caption file {text}: the line {line!r} has no words")
+                    raise DataError(f"caption file {text}: the line {line!r} has no words")
             out.append((path, [caption for _, caption in lines]))
         return out
 

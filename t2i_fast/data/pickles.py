@@ -17,10 +17,11 @@ import pickle
 
 import numpy as np
 
+from t2i_fast.errors import DataError, DataNotFound
 from t2i_fast.fileio import atomic_write
 
 
-class ForbiddenGlobalError(pickle.UnpicklingError):
+class ForbiddenGlobalError(DataError, pickle.UnpicklingError):
     """A pickle asked for a global outside the allow-list."""
 
 
@@ -72,14 +73,14 @@ def load(path):
     """The object in the pickle at `path`, through the restricted unpickler."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"pickle file {path} not found")
+        raise DataNotFound(f"pickle file {path} not found")
     with open(path, "rb") as f:
         try:
             return _RestrictedUnpickler(f, path).load()
         except ForbiddenGlobalError:
             raise
         except Exception as e:  # truncation and corruption surface as many exception types
-            raise ValueError(f"{path}: truncated or corrupt pickle "
+            raise DataError(f"{path}: truncated or corrupt pickle "
                              f"({type(e).__name__}: {e})") from e
 
 
@@ -91,23 +92,23 @@ def _text(value, path, what):
             return value.decode("latin1")
     if isinstance(value, str):
         return value
-    raise ValueError(f"{path}: {what} must be a string, got {type(value).__name__}")
+    raise DataError(f"{path}: {what} must be a string, got {type(value).__name__}")
 
 
 def _int(value, path, what):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{path}: {what} must be an int, got {type(value).__name__}")
+        raise DataError(f"{path}: {what} must be an int, got {type(value).__name__}")
     return int(value)
 
 
 def _sequence(obj, path, what):
     if isinstance(obj, np.ndarray):
         if obj.ndim != 1 or obj.dtype.kind not in "iu":
-            raise ValueError(f"{path}: {what} must be a 1-d integer array, "
+            raise DataError(f"{path}: {what} must be a 1-d integer array, "
                              f"got shape {obj.shape} dtype {obj.dtype}")
         return obj.tolist()
     if not isinstance(obj, (list, tuple)):
-        raise ValueError(f"{path}: {what} must be a list, got {type(obj).__name__}")
+        raise DataError(f"{path}: {what} must be a list, got {type(obj).__name__}")
     return obj
 
 
@@ -122,7 +123,7 @@ def load_class_info(path, count=None):
     labels = _sequence(load(path), path, "class_info")
     labels = [_int(c, path, f"class_info[{i}]") for i, c in enumerate(labels)]
     if count is not None and len(labels) != count:
-        raise ValueError(f"{path}: {len(labels)} class labels, expected {count} (one per "
+        raise DataError(f"{path}: {len(labels)} class labels, expected {count} (one per "
                          f"filename)")
     return labels
 
@@ -135,7 +136,7 @@ def load_captions(path):
     """
     obj = load(path)
     if not isinstance(obj, (list, tuple)) or len(obj) != 4:
-        raise ValueError(f"{path}: expected a 4-list [train_captions, test_captions, ixtoword, "
+        raise DataError(f"{path}: expected a 4-list [train_captions, test_captions, ixtoword, "
                          f"wordtoix], got {type(obj).__name__}"
                          + (f" of length {len(obj)}" if isinstance(obj, (list, tuple)) else ""))
     splits = []
@@ -146,13 +147,13 @@ def load_captions(path):
                        for i, c in enumerate(caps)])
     for name, d in zip(("ixtoword", "wordtoix"), obj[2:]):
         if not isinstance(d, dict):
-            raise ValueError(f"{path}: {name} must be a dict, got {type(d).__name__}")
+            raise DataError(f"{path}: {name} must be a dict, got {type(d).__name__}")
     ixtoword = {_int(k, path, "ixtoword key"): _text(v, path, "ixtoword word")
                 for k, v in obj[2].items()}
     wordtoix = {_text(k, path, "wordtoix word"): _int(v, path, "wordtoix id")
                 for k, v in obj[3].items()}
     if wordtoix != {w: i for i, w in ixtoword.items()}:
-        raise ValueError(f"{path}: wordtoix is not the inverse of ixtoword")
+        raise DataError(f"{path}: wordtoix is not the inverse of ixtoword")
     return splits[0], splits[1], ixtoword, wordtoix
 
 

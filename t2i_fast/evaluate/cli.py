@@ -35,8 +35,10 @@ How each metric relates to the published protocol:
     and the last partial batch of 64 is not dropped. `--embedder run` uses the run's matching
     encoders instead: useful to compare runs, not comparable with published numbers.
   * FID is pytorch-fid's (InceptionV3 pool3, bilinear resize of the tensor to 299, float64
-    Fréchet distance) against the test split's real images at the model's resolution; DM-GAN
-    resizes with PIL and uses 256x256 images and precomputed val statistics.
+    Fréchet distance) against the test split's real images at the model's resolution;
+    `--fid-resize clean` resizes as clean-fid does instead (PIL bicubic on the uint8 image),
+    for FID and IS alike; DM-GAN resizes with PIL and uses 256x256 images and precomputed val
+    statistics.
   * IS uses the same 2015-12-05 Inception graph (1008 logits without the bias, 10 splits), as
     the improved-GAN code DM-GAN used for COCO; its CUB numbers use a fine-tuned Inception,
     so IS here is comparable in protocol with COCO results only.
@@ -44,22 +46,27 @@ How each metric relates to the published protocol:
     renders (t2i_fast.metrics.attributes) on the attributes each caption names; the same
     classifier's accuracy on the real test images with the same captions is reported with it.
 """
-import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from t2i_fast.backends import BACKENDS
+from t2i_fast.backends import BACKENDS, check_backend
+from t2i_fast.errors import ArgumentParser, FileSystemError, UserError, cli_main
 from t2i_fast.evaluate.captions import select_captions
 from t2i_fast.evaluate.common import FOLDS, IS_SPLITS, METRICS, EvalError
 from t2i_fast.evaluate.scores import CMD, Attributes, Context, Inception, RPrecision
 from t2i_fast.evaluate.sources import generate_batches, load_matcher
-from t2i_fast.fileio import atomic_write
+from t2i_fast.fileio import atomic_write, check_writable
+from t2i_fast.metrics.inception import DEFAULT_FID_RESIZE, FID_RESIZES
 from t2i_fast.models import configure
-from t2i_fast.train.checkpoint import CheckpointError
+from t2i_fast.train.distributed import resolve_device
 from t2i_fast.train.progress import Progress
+
+# Metrics that keep real-side statistics or a classifier in the --cache folder.
+CACHED = ("cmd", "fid", "is", "attributes")
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,10 +74,12 @@ from t2i_fast.train.progress import Progress
 # --------------------------------------------------------------------------------------------
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m t2i_fast.evaluate",
-                                description="Score a trained run: R-precision, CMD, FID, IS and "
-                                "attribute accuracy (shapes dataset).")
-    p.add_argument("--run", required=True, help="run directory written by t2i_fast.train")
+    from t2i_fast.runs import add_source_arguments
+    p = ArgumentParser(prog="python -m t2i_fast.evaluate",
+                       description="Score a trained run or published DM-GAN / AttnGAN / GR-GAN "
+                       "weights: R-precision, CMD, FID, IS and attribute accuracy (shapes "
+                       "dataset).")
+    add_source_arguments(p, "DAMSM image_encoderN.pth (R-precision of DM-GAN / AttnGAN)")
     p.add_argument("--metrics", help=f"comma-separated subset of {','.join(METRICS)} "
                    "(default: every metric the given files allow)")
     p.add_argument("--num-images", type=int, help="images to generate (default: the test "
@@ -79,24 +88,28 @@ def build_parser():
                    "statistics (default: all)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="noise, mismatched captions, folds")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="'cpu', 'cuda', 'cuda:N' or 'auto'")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--backend", choices=BACKENDS + ("auto",),
                    help="t2i_fast.ops backend for the generator (default: the run's)")
-    p.add_argument("--checkpoint", help="a checkpoint file of the run (default: the newest)")
     p.add_argument("--matcher", help="DAMSM / ITM encoder weights for R-precision (and CMD "
                    "with --embedder run), in RUN_DIR/encoders.pt format (default: the run's)")
     p.add_argument("--clip-weights", help="CLIP ViT-B/32 weights (OpenAI ViT-B-32.pt or "
                    "open_clip) for CMD")
-    p.add_argument("--clip-bpe", help="CLIP's bpe_simple_vocab_16e6.txt.gz for CMD")
+    p.add_argument("--clip-bpe", help="CLIP's bpe_simple_vocab_16e6.txt.gz for CMD (and for "
+                   "GR-GAN's published ITM)")
     p.add_argument("--embedder", choices=("clip", "run"), default="clip",
                    help="CMD embedding space: CLIP ViT-B/32 (GR-GAN's) or the run's matching "
                    "encoders (not comparable with published numbers)")
     p.add_argument("--inception-weights", help="pytorch-fid pt_inception-2015-12-05-6726825d"
                    ".pth (or torch-fidelity's) for FID and IS")
+    p.add_argument("--fid-resize", choices=tuple(FID_RESIZES), default=DEFAULT_FID_RESIZE,
+                   help="how FID / IS inputs reach 299x299: " + "; ".join(
+                       f"{k}: {v}" for k, v in FID_RESIZES.items()))
     p.add_argument("--cache", help="folder for real-side statistics and the attribute "
                    "classifier (default RUN_DIR/eval_cache)")
-    p.add_argument("--out", help="report path (default RUN_DIR/eval/report_<step>.json)")
+    p.add_argument("--out", help="report path (default RUN_DIR/eval/report_<step>.json; "
+                   "needed when the run directory is not writable)")
     return p
 
 
@@ -146,13 +159,26 @@ def check_args(args):
             raise EvalError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
 
 
-def check_sizes(metrics, n, num_real):
+def check_published(run, metrics, args):
+    """Published DM-GAN / AttnGAN weights score R-precision (and CMD in the run's space) with
+    the published DAMSM image encoder: it must be given, a random one would score noise."""
+    uses_matcher = "r_precision" in metrics or ("cmd" in metrics and args.embedder == "run")
+    if run.weights is None or args.matcher or not uses_matcher or \
+            "image_encoder" in run.weights or run.model_cfg.image_encoder != "damsm":
+        return
+    raise EvalError(f"metric {'r_precision' if 'r_precision' in metrics else 'cmd'} scores "
+                    f"images with the DAMSM image encoder: give --image-encoder (the "
+                    f"image_encoderN.pth published with {run.weights['text_encoder']}), or "
+                    f"--metrics without it")
+
+
+def check_sizes(metrics, n, num_real, images_flag="--num-images"):
     need = {"r_precision": (2 * FOLDS, f"{FOLDS} folds of at least 2"),
             "is": (IS_SPLITS, f"{IS_SPLITS} splits"), "fid": (2, "a covariance"),
             "cmd": (2, "a covariance")}
     for m in metrics:
         if m in need and n < need[m][0]:
-            raise EvalError(f"metric {m} needs --num-images >= {need[m][0]} ({need[m][1]}), "
+            raise EvalError(f"metric {m} needs {images_flag} >= {need[m][0]} ({need[m][1]}), "
                             f"got {n}")
         if m in ("fid", "cmd") and num_real < 2:
             raise EvalError(f"metric {m} needs --num-real >= 2, got {num_real}")
@@ -194,43 +220,27 @@ class Timer:
             torch.cuda.synchronize(self.device)
 
 
-def evaluate(args):
-    """Run the evaluation described by parsed `args`; returns (report dict, report path)."""
-    from t2i_fast.runs import load_run
-    check_args(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    try:
-        run = load_run(args.run, device=args.device, checkpoint=args.checkpoint)
-    except (FileNotFoundError, ValueError, CheckpointError) as e:
-        raise EvalError(f"--run {args.run}: {e}") from e
-    timer = Timer(run.device)
-    names = resolve_metrics(args, run.train_cfg.dataset)
-    if args.backend is not None:
-        configure(run.generator, impl=None if args.backend == "auto" else args.backend)
-    ds = run.dataset("test")
-    if len(ds) == 0:
-        raise EvalError(f"--run {args.run}: the test split of dataset "
-                        f"{run.train_cfg.dataset!r} is empty")
-    n = args.num_images or len(ds)
-    if args.num_real is not None and args.num_real > len(ds):
-        raise EvalError(f"--num-real {args.num_real} exceeds the {len(ds)} test images")
-    check_sizes(names, n, args.num_real or len(ds))
-    captions = select_captions(ds, n)
-    matcher = load_matcher(run, args.matcher)
-    cache = Path(args.cache) if args.cache else run.dir / "eval_cache"
-    ctx = Context(run, ds, captions, matcher, args, cache)
-    metrics = build_metrics(names)
-    timings = {"load": time.perf_counter() - t_start}
+def load_metrics(metrics, ctx, timer):
+    """Read every metric's weight files, before any real-side statistics are computed."""
     with torch.no_grad():
-        for step in ("load", "prepare"):      # every weight file is read before any real stats
-            for m in metrics:
-                with timer("+".join(m.names)):
-                    getattr(m, step)(ctx)
+        for m in metrics:
+            with timer("+".join(m.names)):
+                m.load(ctx)
+
+
+def score(metrics, ctx, timer, show_progress=True):
+    """{name: result} of the loaded `metrics` on one image per caption of ctx.captions,
+    generated by ctx.run with the noise of --seed. Training calls this on its EMA generator
+    with the same Context each time, so its numbers are the command's."""
+    args, n = ctx.args, len(ctx.captions)
+    with torch.no_grad():
+        for m in metrics:
+            with timer("+".join(m.names)):
+                m.prepare(ctx)
         batches = -(-n // args.batch_size)
-        progress = Progress("generate", batches, run.device, every=max(1, batches // 10))
-        gen = generate_batches(run, captions, args.seed, args.batch_size)
+        progress = Progress("generate", batches, ctx.device, every=max(1, batches // 10),
+                            enabled=show_progress)
+        gen = generate_batches(ctx.run, ctx.captions, args.seed, args.batch_size)
         for b in range(batches):
             with timer("generation"):
                 rows, fakes = next(gen)
@@ -243,12 +253,54 @@ def evaluate(args):
         for m in metrics:
             with timer("+".join(m.names)):
                 results.update(m.finish(ctx))
+    return results
+
+
+def evaluate(args):
+    """Run the evaluation described by parsed `args`; returns (report dict, report path)."""
+    from t2i_fast.runs import load_source
+    check_args(args)
+    device = resolve_device(args.device)
+    if args.backend is not None:
+        check_backend(args.backend, device.type)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    try:
+        run = load_source(args, device)
+    except UserError as e:
+        raise EvalError(f"--run {args.run}: {e}" if args.run else str(e)) from e
+    timer = Timer(run.device)
+    names = resolve_metrics(args, run.train_cfg.dataset)
+    check_published(run, names, args)
+    out = Path(args.out) if args.out else run.dir / "eval" / f"report_{run.step:07d}.json"
+    cache = Path(args.cache) if args.cache else run.dir / "eval_cache"
+    check_outputs(out, cache if set(names) & set(CACHED) else None, args)
+    if args.backend is not None:
+        configure(run.generator, impl=None if args.backend == "auto" else args.backend)
+    ds = run.dataset("test")
+    if len(ds) == 0:
+        raise EvalError(f"--run {args.run}: the test split of dataset "
+                        f"{run.train_cfg.dataset!r} is empty")
+    n = args.num_images or len(ds)
+    if args.num_real is not None and args.num_real > len(ds):
+        raise EvalError(f"--num-real {args.num_real} exceeds the {len(ds)} test images")
+    check_sizes(names, n, args.num_real or len(ds))
+    captions = select_captions(ds, n)
+    matcher = load_matcher(run, args.matcher)
+    ctx = Context(run, ds, captions, matcher, args, cache)
+    metrics = build_metrics(names)
+    timings = {"load": time.perf_counter() - t_start}
+    load_metrics(metrics, ctx, timer)
+    results = score(metrics, ctx, timer)
     timings.update(timer.seconds)
     timings["metrics_total"] = sum(v for k, v in timer.seconds.items() if k != "generation")
     timings["total"] = time.perf_counter() - t_start
     report = {
         "run": str(run.dir), "checkpoint_step": run.step,
-        "checkpoint": str(args.checkpoint) if args.checkpoint else "newest",
+        "checkpoint": str(args.checkpoint) if args.checkpoint else
+        "newest" if run.weights is None else run.weights["generator"],
+        **({"weights": run.weights} if run.weights else {}),
         "dataset": run.train_cfg.dataset, "split": "test", "split_size": len(ds),
         "image_size": ds.image_size, "num_images": n, "num_real": ctx.num_real,
         "metrics": {k: results[k] for k in names},
@@ -257,7 +309,6 @@ def evaluate(args):
         "timings_s": timings, "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    out = Path(args.out) if args.out else run.dir / "eval" / f"report_{run.step:07d}.json"
     text = json.dumps(report, indent=2)
     atomic_write(out, lambda f: f.write(text.encode()))
     return report, out
@@ -275,9 +326,11 @@ def format_table(report):
             rows.append((name, f"{r['cmd']:.4f}", f"ITDis {r['itdis']:.4f}, FD(real, fake) "
                          f"{r['fd_real_fake']:.4f}, embedder {r['embedder']}{note}"))
         elif name == "fid":
-            rows.append((name, f"{r['value']:.3f}", f"{r['real_images']} real images"))
+            rows.append((name, f"{r['value']:.3f}",
+                         f"{r['real_images']} real images, resize {r['resize']}"))
         elif name == "is":
-            rows.append((name, f"{r['mean']:.3f} ± {r['std']:.3f}", f"{r['splits']} splits"))
+            rows.append((name, f"{r['mean']:.3f} ± {r['std']:.3f}",
+                         f"{r['splits']} splits, resize {r['resize']}"))
         elif name == "attributes":
             acc = r["generated"]["accuracy"]
             per = ", ".join(f"{k} {v:.3f}" for k, v in acc.items() if v is not None)
@@ -294,14 +347,33 @@ def format_table(report):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        report, out = evaluate(args)
-    except EvalError as e:
-        raise SystemExit(f"error: {e}") from None
+def check_outputs(out, cache, args):
+    """Before anything is computed: the report's folder (and the cache folder, when a metric
+    keeps files there) must be writable; the error says which flags move them."""
+    problems, flags = [], []
+    for folder, flag, given in ((out.parent, "--out PATH", args.out),
+                                (cache, "--cache DIR", args.cache)):
+        if folder is None:
+            continue
+        try:
+            check_writable(folder)
+        except FileSystemError as e:
+            problems.append(str(e))
+            if not given:
+                flags.append(flag)
+    if problems:
+        hint = f"; give {' and '.join(flags)} in a writable place" if flags else ""
+        raise EvalError("; ".join(problems) + hint)
+
+
+def run_evaluation(argv):
+    report, out = evaluate(build_parser().parse_args(argv))
     print(format_table(report))
     print(f"report: {out}")
     return 0
+
+
+def main(argv=None):
+    return cli_main(run_evaluation, sys.argv[1:] if argv is None else argv)
 
 

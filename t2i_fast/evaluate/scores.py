@@ -194,13 +194,14 @@ class CMD:
 
 
 class Inception:
-    """FID and/or IS from one pass of the FID Inception."""
+    """FID and/or IS from one pass of the FID Inception, its input resized by --fid-resize."""
 
     def __init__(self, names):
         self.names = tuple(names)
 
     def load(self, ctx):
         from t2i_fast.metrics import InceptionFID
+        self.resize = ctx.args.fid_resize
         path = ctx.args.inception_weights
         try:
             self.net = InceptionFID.from_file(path).to(ctx.device)
@@ -211,14 +212,14 @@ class Inception:
         self.device, self.pool3, self.logits, self.cached = ctx.device, [], [], None
         if "fid" in self.names:
             self.real, self.cached = ctx.cached_stats(
-                "inception", "inception-" + state_hash(self.net),
+                f"inception-{self.resize}", "inception-" + state_hash(self.net),
                 lambda: gaussian_stats(torch.cat([self.features(x)[0]
                                                   for x in ctx.real(range(ctx.num_real))])))
 
     @torch.no_grad()
     def features(self, images):
         """(B, 3, S, S) in [-1, 1] -> pool3 (B, 2048), logits (B, 1008), float64 on the CPU."""
-        pool3, logits = self.net(images.to(self.device))
+        pool3, logits = self.net(images.to(self.device), resize=self.resize)
         return pool3.double().cpu(), logits.double().cpu()
 
     def update(self, ctx, rows, fakes, shared):
@@ -230,10 +231,11 @@ class Inception:
         out = {}
         if "fid" in self.names:
             out["fid"] = {"value": fid_from_features(self.real, torch.cat(self.pool3)),
-                          "real_images": ctx.num_real, "real_stats_cached": self.cached}
+                          "real_images": ctx.num_real, "real_stats_cached": self.cached,
+                          "resize": self.resize}
         if "is" in self.names:
             mean, std = inception_score(torch.cat(self.logits), splits=IS_SPLITS)
-            out["is"] = {"mean": mean, "std": std, "splits": IS_SPLITS}
+            out["is"] = {"mean": mean, "std": std, "splits": IS_SPLITS, "resize": self.resize}
         return out
 
 

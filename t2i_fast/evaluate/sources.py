@@ -6,7 +6,8 @@ import torch
 
 from t2i_fast.evaluate.common import EvalError
 from t2i_fast.models import build_image_encoder, build_text_encoder, text_features
-from t2i_fast.train.checkpoint import CheckpointError, load_checkpoint
+from t2i_fast.errors import WeightsError
+from t2i_fast.train.checkpoint import load_checkpoint
 
 
 # --------------------------------------------------------------------------------------------
@@ -51,7 +52,7 @@ def load_matcher(run, path):
     models = replace(run.models, text_encoder=text, image_encoder=build_image_encoder(cfg, text))
     try:
         models.load_encoder_state(load_checkpoint(path))
-    except CheckpointError as e:
+    except WeightsError as e:
         raise EvalError(f"--matcher {path}: {e}") from e
     except (KeyError, RuntimeError, TypeError, AttributeError) as e:
         raise EvalError(f"--matcher {path}: expected {{'text_encoder': state dict, "

@@ -70,7 +70,7 @@ def build_discriminators(cfg):
     nets = []
     for size, heads in zip(cfg.image_sizes, cfg.d_heads):
         net = D_NET(size, cfg.df_dim, cfg.text_dim, b_jcu=heads in ("uncond", "both"),
-                    norm=cfg.d_norm)
+                    norm=cfg.d_norm, memory=cfg.memory)
         nets.append(weights_init(net) if cfg.d_weights_init else net)
     return nn.ModuleList(nets)
 

@@ -1,6 +1,7 @@
-"""One dataclass for a GR-GAN / DM-GAN / AttnGAN run, and the named presets.
+"""One dataclass for a GR-GAN / DM-GAN / AttnGAN model, and the named presets (the training
+values of a run, batch size to EMA, are in t2i_fast.train.config.TrainConfig).
 
-    cfg = get_config("grgan-coco", lean=True)      # a preset with overrides
+    cfg = get_config("grgan-coco", memory="lean")  # a preset with overrides
     cfg = scaled_down(get_config("dmgan-cub"))     # the same topology at test sizes
 
 Values of the upstream presets come from the published configs (reference §1.1, §2.1, §3.5).
@@ -8,8 +9,14 @@ The refinement schedule is a tuple of StageSpec: each spec is one stage that end
 its first iteration upsamples x2 when `upsample`, further iterations refine at the new size.
 """
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Tuple
+
+from t2i_fast import backends
+from t2i_fast.config_fields import check_types
+from t2i_fast.errors import ConfigError
+from t2i_fast.models.memory import check_options as check_memory_options
 
 
 class StageSpec(NamedTuple):
@@ -73,22 +80,15 @@ class Config:
     damsm_align_corners: bool = True    # DM-GAN True, AttnGAN False
     # ---- execution
     mask_compat: bool = False           # reproduce the upstream tiled mask and quirks
-    lean: bool = False                  # memory-lean generator
+    memory: str = "eager"               # G's and the Ds' blocks: 'eager' | 'lean' | 'max'
+    memory_budget: Optional[int] = None  # bytes for G's blocks (None: `memory` everywhere)
     impl: Optional[str] = None          # backend of t2i_fast.ops (None: auto)
-    # ---- training values of the upstream configs, for the trainer
-    batch_size: int = 8
-    optimizer: str = "adamax"
-    lr_g: float = 2e-5
-    lr_d: float = 2e-5
-    betas: Tuple[float, float] = (0.5, 0.999)
-    ema_decay: float = 0.999
-    epochs: int = 300
 
     def __post_init__(self):
         # JSON round trips turn the tuples of tuples into lists of lists.
         self.schedule = tuple(StageSpec(*s) for s in self.schedule)
         self.matching = tuple(MatchTerm(*m) for m in self.matching)
-        for name in ("d_heads", "d_conditions", "clip_layers", "betas"):
+        for name in ("d_heads", "d_conditions", "clip_layers"):
             setattr(self, name, tuple(getattr(self, name)))
         self.validate()
 
@@ -107,7 +107,29 @@ class Config:
 
     def validate(self):
         def bad(msg):
-            raise ValueError(f"Config {self.name!r}: {msg}")
+            raise ConfigError(f"Config {self.name!r}: {msg}")
+        check_types(self, f"Config {self.name!r}")
+        positive = ("text_dim", "words_num", "vocab_size", "rnn_input", "gf_dim", "z_dim",
+                    "condition_dim", "df_dim", "clip_width", "clip_resolution", "clip_embed_dim",
+                    "clip_context", "clip_text_width", "clip_text_heads", "clip_text_layers",
+                    "damsm_size")
+        for key in positive:
+            if getattr(self, key) < 1:
+                bad(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.r_num < 0 or min(self.clip_layers, default=0) < 1 or len(self.clip_layers) != 4:
+            bad(f"r_num must be >= 0 and clip_layers four counts >= 1, got {self.r_num} and "
+                f"{self.clip_layers}")
+        for key in ("damsm_width", "gamma1", "gamma2", "gamma3"):
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
+                bad(f"{key} must be a finite number > 0, got {getattr(self, key)}")
+        if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0):
+            bad(f"kl_weight must be a finite number >= 0, got {self.kl_weight}")
+        if self.impl is not None:
+            backends.check_name(self.impl, "impl")
+        try:
+            check_memory_options(self.memory, self.memory_budget)
+        except ValueError as err:
+            bad(str(err))
         if self.base_size < 4 or self.base_size & (self.base_size - 1):
             bad(f"base_size must be a power of two >= 4, got {self.base_size}")
         for spec in self.schedule:
@@ -137,6 +159,9 @@ class Config:
 
     @classmethod
     def from_dict(cls, d):
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown config fields {sorted(unknown)}")
         return cls(**d)
 
 
@@ -147,48 +172,42 @@ def _word_stages(n):
 _DMGAN = dict(text_encoder="rnn", text_dim=256, rnn_input=300, attention="memory",
               schedule=_word_stages(2), gf_dim=64, df_dim=32, d_norm="spectral",
               d_heads=("both",) * 3, d_conditions=("sentence",) * 3, d_weights_init=True,
-              image_encoder="damsm", damsm_align_corners=True, optimizer="adam", lr_g=2e-4,
-              lr_d=2e-4)
+              image_encoder="damsm", damsm_align_corners=True)
 
 PRESETS = {
     # GR-GAN on COCO (BoO-18/GR-GAN cfg/coco_GRAGN.yml; reference §3).
     "grgan-coco": dict(),
     # DM-GAN (MinfengZhu/DM-GAN cfg/bird_DMGAN.yml, coco_DMGAN.yml; reference §1.1).
-    "dmgan-cub": dict(_DMGAN, words_num=18, vocab_size=5450, r_num=2, batch_size=10, epochs=800,
+    "dmgan-cub": dict(_DMGAN, words_num=18, vocab_size=5450, r_num=2,
                       matching=(MatchTerm(-1, "word", 5.0), MatchTerm(-1, "sentence", 5.0))),
-    "dmgan-coco": dict(_DMGAN, words_num=12, vocab_size=27297, r_num=3, batch_size=16,
-                       epochs=200, matching=(MatchTerm(-1, "word", 50.0),
-                                             MatchTerm(-1, "sentence", 50.0))),
+    "dmgan-coco": dict(_DMGAN, words_num=12, vocab_size=27297, r_num=3,
+                       matching=(MatchTerm(-1, "word", 50.0), MatchTerm(-1, "sentence", 50.0))),
     # AttnGAN on CUB (taoxugit/AttnGAN cfg/bird_attn2.yml; reference §2.1).
     "attngan-cub": dict(_DMGAN, attention="attention", words_num=18, vocab_size=5450, gf_dim=32,
-                        df_dim=64, r_num=2, d_norm="batch", batch_size=20, epochs=600,
-                        damsm_align_corners=False,
+                        df_dim=64, r_num=2, d_norm="batch", damsm_align_corners=False,
                         matching=(MatchTerm(-1, "word", 5.0), MatchTerm(-1, "sentence", 5.0))),
     # GR-GAN topology at test sizes (16 -> 32 -> 64 pixels); builds and steps in milliseconds.
     "tiny": dict(text_dim=32, words_num=6, vocab_size=64, gf_dim=8, z_dim=16, condition_dim=8,
                  r_num=1, base_size=16, df_dim=4, clip_layers=(1, 1, 1, 1), clip_width=8,
                  clip_resolution=64, clip_embed_dim=32, clip_context=12, clip_text_width=32,
-                 clip_text_heads=2, clip_text_layers=1, freeze_clip=False, batch_size=4,
-                 optimizer="adam", lr_g=2e-4, lr_d=2e-4, epochs=1),
+                 clip_text_heads=2, clip_text_layers=1, freeze_clip=False),
     # A CPU demo on the 64x64 shapes dataset (16 -> 32 -> 64): `python -m t2i_fast.train`.
-    # Narrow G and Ds so ~1,200 steps fit in minutes on 2 cores; a short EMA horizon (100
-    # steps) so the sampled EMA generator keeps up with a short run.
+    # Narrow G and Ds so ~1,200 steps fit in minutes on 2 cores (its training values are in
+    # t2i_fast.train.config.TRAIN_PRESETS).
     "small": dict(text_dim=64, words_num=12, vocab_size=256, gf_dim=16, z_dim=32,
                   condition_dim=32, r_num=1, base_size=16, df_dim=8, clip_layers=(1, 1, 1, 1),
                   clip_width=16, clip_resolution=64, clip_embed_dim=64, clip_context=16,
-                  clip_text_width=64, clip_text_heads=4, clip_text_layers=2, freeze_clip=False,
-                  batch_size=16, optimizer="adam", lr_g=2e-4, lr_d=2e-4, ema_decay=0.99,
-                  epochs=20),
+                  clip_text_width=64, clip_text_heads=4, clip_text_layers=2, freeze_clip=False),
 }
 
 
 def get_config(name, **overrides):
     """The preset `name` with `overrides` applied (unknown keys raise)."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
     unknown = set(overrides) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
-        raise ValueError(f"unknown config fields {sorted(unknown)}")
+        raise ConfigError(f"unknown config fields {sorted(unknown)}")
     return Config(**{"name": name, **PRESETS[name], **overrides})
 
 
@@ -199,7 +218,7 @@ def scaled_down(cfg, **overrides):
                  gf_dim=8, z_dim=16, condition_dim=8, r_num=min(cfg.r_num, 2), base_size=16,
                  df_dim=4, clip_layers=(1, 1, 1, 1), clip_width=8, clip_resolution=64,
                  clip_embed_dim=32, clip_context=12, clip_text_width=32, clip_text_heads=2,
-                 clip_text_layers=1, damsm_width=0.125, damsm_size=75, batch_size=4)
+                 clip_text_layers=1, damsm_width=0.125, damsm_size=75)
     return dataclasses.replace(cfg, name=cfg.name + "-scaled", **{**small, **overrides})
 
 

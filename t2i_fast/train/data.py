@@ -26,8 +26,9 @@ def max_words(model_cfg):
     return model_cfg.words_num
 
 
-def build_dataset(train_cfg, model_cfg, split):
-    """The dataset of `train_cfg` for split 'train' or 'test' at the model's image size."""
+def build_dataset(train_cfg, model_cfg, split, write_caches=True):
+    """The dataset of `train_cfg` for split 'train' or 'test' at the model's image size;
+    write_caches: whether the AttnGAN layout may write captions.pickle it built from text/."""
     size, words = model_cfg.image_size, max_words(model_cfg)
     if train_cfg.dataset == "shapes":
         from t2i_fast.data.shapes import ShapesDataset
@@ -40,7 +41,8 @@ def build_dataset(train_cfg, model_cfg, split):
         if train_cfg.captions_per_image is not None:
             kwargs["captions_per_image"] = train_cfg.captions_per_image
         return AttnGANDataset(train_cfg.data_dir, kind=train_cfg.dataset, split=split,
-                              image_size=size, max_words=words, seed=train_cfg.seed, **kwargs)
+                              image_size=size, max_words=words, seed=train_cfg.seed,
+                              write_captions=write_caches, **kwargs)
     from t2i_fast.data.attngan import FolderDataset
     return FolderDataset(train_cfg.data_dir, split=split, image_size=size, max_words=words,
                          seed=train_cfg.seed)

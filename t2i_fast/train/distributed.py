@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from t2i_fast.errors import ConfigError
+
 
 @dataclass
 class Dist:
@@ -49,15 +51,33 @@ class Dist:
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def resolve_device(name, local_rank=0):
+def parse_device(name):
+    """torch.device of a --device value ('auto' gives None); ConfigError for other text."""
     if name == "auto":
+        return None
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return device
+
+
+def resolve_device(name, local_rank=0):
+    """The device of a --device value on this machine; ConfigError when it is not here."""
+    device = parse_device(name)
+    if device is None:
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit(f"error: --device {name}: CUDA is not available on this machine")
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine "
+                              f"(use --device cpu)")
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
+        elif device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

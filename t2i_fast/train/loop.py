@@ -3,19 +3,25 @@ GAN (one update of every D, one G update, then the EMA of G) as upstream (refere
 
     run = Run(train_config("tiny"), "runs/demo")
     run.train()                       # checkpoints, samples and metrics.jsonl in runs/demo
+    Run(cfg, "runs/demo", resume=True).train()          # continue it exactly
 
-Run directory:
+Run directory (see rundir.py for who may write it):
     config.json           {"train": TrainConfig, "model": model Config, "vocab": [words]}
-    encoders.pt           the trained text / image encoders (end of phase 1)
+    encoders.pt           the text / image encoders the run uses (trained in phase 1, loaded
+                          from --itm-weights, or the initial ones when phase 1 is skipped)
     checkpoints/step_N.pt G, EMA, Ds, optimisers, scaler, step, RNG of every rank
     samples/step_N.png    the EMA generator on fixed test captions and noise
-    metrics.jsonl         one line per log interval
+    metrics.jsonl         one line per log interval and per evaluation (evaluation.py)
+    curves.png            losses and evaluation scores against the step (curves.py)
+    tensorboard/          the same numbers as event files, when tensorboard is installed
+    eval_cache/           the attribute classifier and real-image statistics of the evaluations
 
 Every step's data depends only on (seed, step), and the RNG states are checkpointed, so a
-resumed run continues exactly as an uninterrupted one.
+resumed run continues exactly as an uninterrupted one. Nothing is written before the device,
+the backend, the data and the run directory have been checked.
 """
 import copy
-import json
+import dataclasses
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,16 +31,22 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
+from t2i_fast import backends
+from t2i_fast.errors import ConfigError, WeightsError
+from t2i_fast.fileio import atomic_write, make_dir
 from t2i_fast.grid import caption_grid
 from t2i_fast.models import (build_models, d_condition, discriminator_loss, generator_loss,
                              matching_loss, text_features)
-from t2i_fast.train import distributed
-from t2i_fast.fileio import atomic_write
+from t2i_fast.train import distributed, rundir
 from t2i_fast.train.checkpoint import (checkpoint_path, latest_checkpoint,
                                        load_checkpoint, prune_checkpoints, save_checkpoint)
-from t2i_fast.train.config import TrainConfig
+from t2i_fast.train.config import TrainConfig, load_init_from
+from t2i_fast.train.curves import write_curves
 from t2i_fast.train.data import EpochBatches, build_dataset, make_codec, multiscale
 from t2i_fast.train.progress import MetricsLog, Progress, memory_mb
+
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
 
 
 class MatchingStep(nn.Module):
@@ -64,13 +76,6 @@ class DiscriminatorStep(nn.Module):
         return discriminator_loss(self.netD, real, fake, cond, self.heads)
 
 
-def _optimizer(name, params, lr, betas):
-    kinds = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
-    if name not in kinds:
-        raise ValueError(f"optimizer must be one of {sorted(kinds)}, got {name!r}")
-    return kinds[name](params, lr=lr, betas=betas)
-
-
 def _floats(parts):
     return {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}
 
@@ -93,47 +98,91 @@ def model_config_for(train_cfg, vocab):
     return cfg
 
 
-class Run:
-    """One training run in `run_dir`; `resume` = a checkpoint path to continue from."""
+def resolve(train_cfg, run_dir, resume, write_caches=True):
+    """What a run in `run_dir` trains: (model Config, Vocabulary, train set, test set).
 
-    def __init__(self, train_cfg, run_dir, resume=None, quiet=False):
+    A new run fits the model's vocab_size to the dataset vocabulary; a resumed one keeps the
+    model config and vocabulary of its config.json (the backend may change). write_caches:
+    whether a dataset may cache derived files (AttnGAN captions.pickle) in its folder."""
+    preset_cfg = train_cfg.model_config()
+    train_set = build_dataset(train_cfg, preset_cfg, "train", write_caches)
+    test_set = build_dataset(train_cfg, preset_cfg, "test", write_caches)
+    vocab = train_set.vocab
+    if train_cfg.dataset != "shapes" and test_set.vocab is not vocab:
+        test_set.vocab = vocab
+    if not resume:
+        return model_config_for(train_cfg, vocab), vocab, train_set, test_set
+    _, model_cfg, stored_vocab = rundir.read_config(run_dir)
+    if stored_vocab.to_list() != vocab.to_list():
+        raise ConfigError(f"the dataset's vocabulary ({len(vocab)} words) differs from the one "
+                          f"in {Path(run_dir) / 'config.json'} ({len(stored_vocab)} words): "
+                          f"the data changed since the run started")
+    if train_cfg.backend is not None:
+        model_cfg = dataclasses.replace(model_cfg, impl=train_cfg.backend)
+    return model_cfg, stored_vocab, train_set, test_set
+
+
+def check_execution(train_cfg, model_cfg, device):
+    """BackendUnavailable unless the run's backend runs the ops on `device` in every dtype the
+    run uses (float32, and the autocast dtype)."""
+    name = backends.requested(model_cfg.impl)
+    for dtype in {torch.float32, AUTOCAST_DTYPES[train_cfg.precision] or torch.float32}:
+        backends.check_backend(name, device.type, dtype)
+
+
+class Run:
+    """One training run in `run_dir` (default: train_cfg.out).
+
+    resume: continue the run in `run_dir` from `checkpoint` (default: its newest); otherwise a
+    new run, refused if `run_dir` holds one."""
+
+    def __init__(self, train_cfg, run_dir=None, resume=False, checkpoint=None, quiet=False):
         if not isinstance(train_cfg, TrainConfig):
             raise TypeError(f"train_cfg must be a TrainConfig, got {type(train_cfg).__name__}")
-        self.tcfg, self.dir, self.quiet = train_cfg, Path(run_dir), quiet
+        run_dir = run_dir if run_dir is not None else train_cfg.out
+        if run_dir is None:
+            raise ConfigError("a run needs a directory: give run_dir or train_cfg.out (--out)")
+        self.dir, self.quiet, self.resume = Path(run_dir), quiet, bool(resume)
+        self.tcfg = train_cfg = dataclasses.replace(train_cfg, out=str(self.dir))
         self.d = distributed.setup(train_cfg.device)
+        if self.d.main and not self.resume:
+            rundir.check_new_run_dir(self.dir)
+        if self.resume and checkpoint is None:
+            checkpoint = latest_checkpoint(self.dir)
+        self.checkpoint = checkpoint
         if train_cfg.threads:
             torch.set_num_threads(train_cfg.threads)
-        preset_cfg = train_cfg.model_config()
-        self.train_set = build_dataset(train_cfg, preset_cfg, "train")
-        self.test_set = build_dataset(train_cfg, preset_cfg, "test")
-        self.vocab = self.train_set.vocab
-        if train_cfg.dataset != "shapes" and self.test_set.vocab is not self.vocab:
-            self.test_set.vocab = self.vocab
-        self.cfg = model_config_for(train_cfg, self.vocab)
+        self.cfg, self.vocab, self.train_set, self.test_set = resolve(train_cfg, self.dir,
+                                                                      self.resume)
+        check_execution(train_cfg, self.cfg, self.d.device)
+        self.evaluation = None
+        if train_cfg.eval_every:
+            # here, not at the top: the evaluate package imports this one
+            from t2i_fast.train.evaluation import Evaluation
+            self.evaluation = Evaluation(train_cfg, self.cfg, self.vocab, self.dir,
+                                         self.d.device, len(self.test_set))
+        self.batch = train_cfg.batch_size
+        if len(self.train_set) < self.batch * self.d.world:
+            raise ConfigError(f"the training set has {len(self.train_set)} images, fewer than "
+                              f"one batch of {self.batch} x {self.d.world} processes")
         self.codec = make_codec(train_cfg, self.cfg, self.vocab)
         torch.manual_seed(train_cfg.seed)             # the same initial weights on every rank
         self.models = build_models(self.cfg, self.d.device)
+        if train_cfg.init_from:       # published weights (a resumed run's checkpoint has them)
+            load_init_from(train_cfg, self.models, read=self.checkpoint is None)
         if train_cfg.clip_weights:
-            if self.cfg.text_encoder != "clip":
-                raise SystemExit(f"error: --clip-weights needs a clip text encoder; preset "
-                                 f"{train_cfg.preset!r} uses {self.cfg.text_encoder!r}")
             self.models.text_encoder.load_clip(train_cfg.clip_weights)
         self.G, self.Ds = self.models.generator, self.models.discriminators
         self.ema = [p.detach().clone() for p in self.G.parameters()]
-        self.opt_g = _optimizer(self.cfg.optimizer, self.G.parameters(), self.cfg.lr_g,
-                                self.cfg.betas)
-        self.opt_d = [_optimizer(self.cfg.optimizer, d.parameters(), self.cfg.lr_d,
-                                 self.cfg.betas) for d in self.Ds]
-        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16,
-                               "fp16": torch.float16}[train_cfg.precision]
+        optimizer = OPTIMIZERS[train_cfg.optimizer]
+        self.opt_g = optimizer(self.G.parameters(), lr=train_cfg.lr_g, betas=train_cfg.betas)
+        self.opt_d = [optimizer(d.parameters(), lr=train_cfg.lr_d, betas=train_cfg.betas)
+                      for d in self.Ds]
+        self.autocast_dtype = AUTOCAST_DTYPES[train_cfg.precision]
         self.scaler = torch.amp.GradScaler(self.d.device.type,
                                            enabled=train_cfg.precision == "fp16")
         torch.manual_seed(train_cfg.seed * 7919 + self.d.rank)     # per-rank noise from here
-        self.step, self.resume = 0, resume
-        self.batch = self.cfg.batch_size
-        if self.d.main:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "samples").mkdir(exist_ok=True)
+        self.step = 0
         self.log = MetricsLog(self.dir / "metrics.jsonl")
 
     # ---- helpers ----------------------------------------------------------------------------
@@ -149,9 +198,6 @@ class Run:
     def batches(self, step, phase_seed):
         """Batches from global step `step` on, epoch after epoch."""
         per_epoch = len(self.train_set) // (self.batch * self.d.world)
-        if per_epoch == 0:
-            raise SystemExit(f"error: the training set has {len(self.train_set)} images, fewer "
-                             f"than one batch of {self.batch} x {self.d.world} processes")
         epoch, start = divmod(step, per_epoch)
         while True:
             self.train_set.set_epoch(epoch)
@@ -171,31 +217,30 @@ class Run:
         reals = multiscale(batch["image"].to(dev), self.cfg.image_sizes)
         return tokens, batch["cap_len"].to(dev), reals, batch["class_id"].to(dev)
 
-    def write_config(self):
-        state = {"train": self.tcfg.to_dict(), "model": self.cfg.to_dict(),
-                 "vocab": self.vocab.to_list()}
-        atomic_write(self.dir / "config.json",
-                     lambda f: f.write(json.dumps(state, indent=2).encode()))
-
     # ---- phase 1 ------------------------------------------------------------------------------
-    def load_encoders(self, state, source):
+    def load_encoders(self, source):
+        state = load_checkpoint(source)
         try:
             self.models.load_encoder_state(state)
         except (KeyError, RuntimeError) as e:
-            raise SystemExit(f"error: {source} does not hold encoders for this model "
-                             f"config: {e}")
+            raise WeightsError(f"{source} does not hold encoders for this model config: "
+                               f"{e}") from e
 
     def pretrain_encoders(self):
+        """The run's encoders: its own encoders.pt when resuming, else --itm-weights, phase 1
+        training, or the initial weights (itm_steps 0); saved as encoders.pt, which sampling
+        and evaluation read."""
         t = self.tcfg
         path = self.dir / "encoders.pt"
-        if t.itm_weights:
-            self.load_encoders(load_checkpoint(t.itm_weights), t.itm_weights)
-            self.say(f"encoders loaded from {t.itm_weights}")
-        elif path.is_file():
-            self.load_encoders(load_checkpoint(path), path)
+        if path.is_file():
+            self.load_encoders(path)
             self.say(f"encoders loaded from {path}")
-        elif t.itm_steps > 0:
-            self._train_encoders(t.itm_steps)
+        else:
+            if t.itm_weights:
+                self.load_encoders(t.itm_weights)
+                self.say(f"encoders loaded from {t.itm_weights}")
+            elif t.itm_steps > 0:
+                self._train_encoders(t.itm_steps)
             if self.d.main:
                 save_checkpoint(self.models.encoder_state(), path)
         self.d.barrier()
@@ -206,12 +251,12 @@ class Run:
     def _train_encoders(self, steps):
         step_module = MatchingStep(self.models)
         params = [p for p in step_module.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=self.tcfg.itm_lr, betas=(0.5, 0.999))
+        opt = torch.optim.Adam(params, lr=self.tcfg.itm_lr, betas=self.tcfg.itm_betas)
         net = _wrap(step_module, self.d)
         net.train()
         progress = Progress("encoders", steps, self.d.device, every=self.tcfg.log_every,
                             enabled=self.d.main and not self.quiet)
-        clip = 0.25 if self.cfg.text_encoder == "rnn" else None     # pretrain_DAMSM's clip
+        clip = self.tcfg.itm_clip
         data = self.batches(0, self.tcfg.seed + 1)
         for step in range(1, steps + 1):
             tokens, cap_len, reals, class_ids = self.prepare(next(data))
@@ -256,7 +301,7 @@ class Run:
         self.scaler.update()
         with torch.no_grad():
             params = [p.detach() for p in self.G.parameters()]
-            torch._foreach_lerp_(self.ema, params, 1.0 - cfg.ema_decay)
+            torch._foreach_lerp_(self.ema, params, 1.0 - self.tcfg.ema_decay)
         return {"g_loss": loss_g, **parts, **g_parts}
 
     def ema_generator(self):
@@ -287,8 +332,20 @@ class Run:
         images, _, _, _ = self.ema_generator()(z.to(dev), sent, words, mask,
                                                 ca_noise=noise.to(dev))
         path = self.dir / "samples" / f"step_{self.step:07d}.png"
-        caption_grid(images[-1].float().cpu(), texts, path)
+        sheet = caption_grid(images[-1].float().cpu(), texts)
+        atomic_write(path, lambda f: sheet.save(f, format="PNG"))
         return path
+
+    def evaluate(self, progress):
+        """Score the EMA generator on held-out captions (rank 0): a metrics.jsonl record,
+        the progress line and curves.png."""
+        if not self.d.main:
+            return
+        models = dataclasses.replace(self.models, generator=self.ema_generator())
+        record = self.evaluation(models, self.step)
+        self.log.write(record)
+        progress.pin(f"eval@{self.step}", self.evaluation.headlines(record))
+        write_curves(self.dir)
 
     def state(self):
         return {"step": self.step, "generator": self.G.state_dict(), "ema": list(self.ema),
@@ -309,8 +366,8 @@ class Run:
                 o.load_state_dict(s)
             self.scaler.load_state_dict(state["scaler"])
         except (KeyError, RuntimeError, ValueError) as e:
-            raise SystemExit(f"error: checkpoint {source} does not match this run's "
-                             f"config: {e}")
+            raise WeightsError(f"checkpoint {source} does not match this run's config: "
+                               f"{e}") from e
         self.step = int(state["step"])
         rng = state["rng"]
         if len(rng) == self.d.world:
@@ -323,19 +380,46 @@ class Run:
         state = self.state()               # every rank joins the RNG gather
         if self.d.main:
             save_checkpoint(state, checkpoint_path(self.dir, self.step))
-            prune_checkpoints(self.dir, self.tcfg.keep_checkpoints)
+            prune_checkpoints(self.dir, self.tcfg.keep_checkpoints, self.step)
 
     def train(self, hooks=None):
         """Phase 1 then phase 2 up to `steps`. hooks: callables hook(run, step) after each GAN
         step (tests use one to interrupt a run)."""
+        lock = None
+        if self.d.main:
+            lock, messages = rundir.claim(self.dir, new_run=not self.resume)
+            for message in messages:
+                self.say(message)
+        try:
+            return self._train(hooks)
+        finally:
+            self.log.close()
+            if lock is not None:
+                lock.release()
+
+    def _train(self, hooks):
         t = self.tcfg
         start_time = time.perf_counter()
+        state = load_checkpoint(self.checkpoint) if self.checkpoint is not None else None
+        if state is not None and not (isinstance(state, dict) and
+                                      isinstance(state.get("step"), int)):
+            raise WeightsError(f"{self.checkpoint} is not a training checkpoint of t2i_fast "
+                               f"(no step)")
         if self.d.main:
-            self.write_config()
+            if self.resume:     # lines past the checkpoint are written again from here
+                self.log.cut(state["step"] if state else 0,
+                             keep_encoders=(self.dir / "encoders.pt").is_file())
+            rundir.write_config(self.dir, self.tcfg, self.cfg, self.vocab)
+            make_dir(self.dir / "samples")
+            if self.resume:
+                write_curves(self.dir)
+            if not self.log.open_tensorboard(self.dir / "tensorboard"):
+                self.say("tensorboard is not installed: no event files (metrics.jsonl and "
+                         "curves.png have the same numbers)")
         self.pretrain_encoders()
-        if self.resume is not None:
-            self.load_state(load_checkpoint(self.resume), self.resume)
-            self.say(f"resumed from {self.resume} at step {self.step}")
+        if state is not None:
+            self.load_state(state, self.checkpoint)
+            self.say(f"resumed from {self.checkpoint} at step {self.step}")
         G = _wrap(self.G, self.d)
         dsteps = [_wrap(DiscriminatorStep(d, h), self.d) for d, h in zip(self.Ds, self.cfg.d_heads)]
         G.train()
@@ -349,6 +433,8 @@ class Run:
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             count += 1
+            if self.evaluation is not None and self.evaluation.due(self.step, t.steps):
+                self.evaluate(progress)      # before the checkpoint of the same step
             shown = {k: parts[k] for k in ("g_loss", "d_loss0") if k in parts}
             progress.update(self.step, _floats(shown))
             if self.step % t.log_every == 0 or self.step == t.steps:
@@ -363,6 +449,8 @@ class Run:
                 self.write_samples()
             if self.step % t.ckpt_every == 0 or self.step == t.steps:
                 self.save()
+                if self.d.main:
+                    write_curves(self.dir)
             for hook in hooks or ():
                 hook(self, self.step)
         self.d.barrier()
@@ -380,15 +468,3 @@ def _set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def find_resume(path):
-    """A checkpoint file, or the newest checkpoint of a run directory."""
-    path = Path(path)
-    if path.is_file():
-        return path.parent.parent, path
-    if not (path / "config.json").is_file():
-        raise SystemExit(f"error: --resume {path}: not a run directory (no config.json) and "
-                         f"not a checkpoint file")
-    ckpt = latest_checkpoint(path)
-    return path, ckpt
