@@ -31,8 +31,9 @@ from t2i_fast.models.generator import CA_NET, GET_IMAGE_G, G_NET, INIT_STAGE_G, 
 from t2i_fast.models.itm import CLIP, ITM, ModifiedResNet
 from t2i_fast.models.layers import GLU, ResBlock, same_block, up_block
 from t2i_fast.models.memory import POLICIES, MemoryBudgetError
-from t2i_fast.models.losses import (KL_loss, d_condition, discriminator_loss,
-                                    generator_adversarial, generator_loss, matching_loss,
+from t2i_fast.models.losses import (KL_loss, adversarial_term, d_condition, discriminator_loss,
+                                    generator_adversarial, generator_loss,
+                                    matching_aware_penalty, matching_loss, matching_ramp,
                                     matching_terms)
 from t2i_fast.models.refine import ATT_STAGE_G, NEXT_STAGE_G
 from t2i_fast.models.upstream import (UPSTREAM_PRESETS, load_upstream, upstream_config,
@@ -47,6 +48,7 @@ __all__ = [
     "D_NET", "D_NET64", "D_NET128", "D_NET256", "D_GET_LOGITS", "SpectralNorm",
     "ITM", "CLIP", "ModifiedResNet", "RNN_ENCODER", "CNN_ENCODER",
     "KL_loss", "discriminator_loss", "generator_adversarial", "generator_loss",
-    "matching_terms", "matching_loss", "d_condition",
+    "matching_terms", "matching_loss", "matching_ramp", "d_condition", "adversarial_term",
+    "matching_aware_penalty",
     "UPSTREAM_PRESETS", "load_upstream", "upstream_config", "upstream_conventions",
 ]

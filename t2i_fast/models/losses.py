@@ -28,6 +28,27 @@ def _bce(logits, real):
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
+def adversarial_term(logits, real, kind="bce"):
+    """The D-side term that pushes `logits` towards real (True) or fake: BCE with logits
+    (upstream) or the hinge max(0, 1 -+ logits) (DF-GAN)."""
+    if kind == "bce":
+        return _bce(logits, real)
+    if kind == "hinge":
+        return F.relu(1 - logits).mean() if real else F.relu(1 + logits).mean()
+    raise ValueError(f"adversarial loss must be 'bce' or 'hinge', got {kind!r}")
+
+
+def matching_aware_penalty(logits, images, cond, power=6.0):
+    """DF-GAN's matching-aware gradient penalty: mean over the batch of
+    ||(d logits / d image, d logits / d condition)||^power at real, matching pairs. `images`
+    and `cond` must require grad and be the inputs `logits` was computed from; the result is
+    differentiable (double backward)."""
+    inputs = (images, cond) if cond is not None else (images,)
+    grads = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
+    norm = torch.cat([g.reshape(g.shape[0], -1) for g in grads], dim=1).norm(dim=1)
+    return norm.pow(power).mean()
+
+
 def d_condition(kind, sent_emb, words, mask, mask_compat=False):
     """The condition (B, D) of a conditional head.
 
@@ -42,48 +63,66 @@ def d_condition(kind, sent_emb, words, mask, mask_compat=False):
     return (words * keep).sum(dim=2) / keep.sum(dim=2).clamp(min=1)
 
 
-def discriminator_loss(netD, real_imgs, fake_imgs, cond, heads="both"):
+def discriminator_loss(netD, real_imgs, fake_imgs, cond, heads="both", loss="bce",
+                       gp_weight=0.0, gp_power=6.0):
     """One D's loss (reference §1.7). fake_imgs are detached here.
 
     heads 'both': 1/2 [U(x), C(x,s) real] + 1/3 [U(x^), C(x^,s), C(x_{:-1}, s_{1:})] fake;
     'cond': C real + 1/2 (C fake + C mismatched); 'uncond': 1/2 (U real + U fake).
+    loss: 'bce' (upstream) or 'hinge' for every term. gp_weight > 0 adds the matching-aware
+    gradient penalty (`matching_aware_penalty`) of the head that judges the real pair: the
+    conditional one (gradients to image and condition), else the unconditional one (image).
     Returns (loss, parts dict of floats-as-tensors).
     """
-    real_feat = netD(real_imgs)
-    fake_feat = netD(fake_imgs.detach())
-    parts = {}
-    if heads in ("uncond", "both"):
-        parts["uncond_real"] = _bce(netD.UNCOND_DNET.logits(real_feat), True)
-        parts["uncond_fake"] = _bce(netD.UNCOND_DNET.logits(fake_feat), False)
-    if heads in ("cond", "both"):
-        parts["cond_real"] = _bce(netD.COND_DNET.logits(real_feat, cond), True)
-        parts["cond_fake"] = _bce(netD.COND_DNET.logits(fake_feat, cond), False)
-        if real_feat.shape[0] > 1:   # real image i paired with caption i + 1
-            parts["cond_wrong"] = _bce(netD.COND_DNET.logits(real_feat[:-1], cond[1:]), False)
-        else:
-            parts["cond_wrong"] = torch.zeros_like(parts["cond_fake"])
-    if heads == "both":
-        loss = (parts["uncond_real"] + parts["cond_real"]) / 2 + \
-            (parts["uncond_fake"] + parts["cond_fake"] + parts["cond_wrong"]) / 3
-    elif heads == "cond":
-        loss = parts["cond_real"] + (parts["cond_fake"] + parts["cond_wrong"]) / 2
-    elif heads == "uncond":
-        loss = (parts["uncond_real"] + parts["uncond_fake"]) / 2
-    else:
+    if heads not in ("uncond", "cond", "both"):
         raise ValueError(f"discriminator_loss: heads must be 'uncond', 'cond' or 'both', "
                          f"got {heads!r}")
-    return loss, parts
-
-
-def generator_adversarial(netD, fake_imgs, cond, heads="both"):
-    """-log D(x^) for the heads in use (real labels on the fakes)."""
-    feat = netD(fake_imgs)
-    loss = fake_imgs.new_zeros(())
+    penalised = gp_weight > 0
+    if penalised:
+        real_imgs = real_imgs.detach().requires_grad_(True)
+        cond = cond.detach().requires_grad_(True) if heads != "uncond" else None
+    real_feat = netD(real_imgs)
+    fake_feat = netD(fake_imgs.detach())
+    parts, logits = {}, {}
     if heads in ("uncond", "both"):
-        loss = loss + _bce(netD.UNCOND_DNET.logits(feat), True)
+        logits["uncond_real"] = netD.UNCOND_DNET.logits(real_feat)
+        logits["uncond_fake"] = netD.UNCOND_DNET.logits(fake_feat)
     if heads in ("cond", "both"):
-        loss = loss + _bce(netD.COND_DNET.logits(feat, cond), True)
-    return loss
+        logits["cond_real"] = netD.COND_DNET.logits(real_feat, cond)
+        logits["cond_fake"] = netD.COND_DNET.logits(fake_feat, cond)
+        if real_feat.shape[0] > 1:   # real image i paired with caption i + 1
+            logits["cond_wrong"] = netD.COND_DNET.logits(real_feat[:-1], cond[1:])
+    for name, value in logits.items():
+        parts[name] = adversarial_term(value, name.endswith("_real"), loss)
+    if heads != "uncond" and "cond_wrong" not in parts:
+        parts["cond_wrong"] = torch.zeros_like(parts["cond_fake"])
+    if heads == "both":
+        total = (parts["uncond_real"] + parts["cond_real"]) / 2 + \
+            (parts["uncond_fake"] + parts["cond_fake"] + parts["cond_wrong"]) / 3
+    elif heads == "cond":
+        total = parts["cond_real"] + (parts["cond_fake"] + parts["cond_wrong"]) / 2
+    else:
+        total = (parts["uncond_real"] + parts["uncond_fake"]) / 2
+    if penalised:
+        judged = logits["cond_real"] if heads != "uncond" else logits["uncond_real"]
+        parts["ma_gp"] = matching_aware_penalty(judged, real_imgs, cond, gp_power)
+        total = total + gp_weight * parts["ma_gp"]
+    return total, parts
+
+
+def generator_adversarial(netD, fake_imgs, cond, heads="both", loss="bce"):
+    """The G-side adversarial terms of the heads in use: -log D(x^) (bce: real labels on the
+    fakes) or -logit (hinge)."""
+    feat = netD(fake_imgs)
+    logits = []
+    if heads in ("uncond", "both"):
+        logits.append(netD.UNCOND_DNET.logits(feat))
+    if heads in ("cond", "both"):
+        logits.append(netD.COND_DNET.logits(feat, cond))
+    total = fake_imgs.new_zeros(())
+    for value in logits:
+        total = total + (_bce(value, True) if loss == "bce" else -value.mean())
+    return total
 
 
 def matching_terms(regions, code, words, sent_emb, cap_lens, kind, class_ids=None, *,
@@ -112,12 +151,25 @@ def matching_loss(image_encoder, images, words, sent_emb, cap_lens, class_ids=No
     return w0 + w1 + s0 + s1, {"w_loss0": w0, "w_loss1": w1, "s_loss0": s0, "s_loss1": s1}
 
 
+def matching_ramp(step, delay, warmup):
+    """The factor on G's matching terms at GAN step `step` (1, 2, ...): 0 for the first `delay`
+    steps, then rising linearly to 1 over `warmup` steps. Early on G's images are far from any
+    real image, and a frozen encoder's gradient paints them with whatever texture it reads as
+    the caption; the delay lets the discriminators first set the look of real images."""
+    active = step - delay
+    if active <= 0:
+        return 0.0
+    if warmup <= 0:
+        return 1.0
+    return min(1.0, active / warmup)
+
+
 def generator_loss(cfg, netsD, image_encoder, fake_imgs, sent_emb, words, mask, cap_lens, mu,
-                   logvar, class_ids=None):
-    """The full G loss for `cfg`: adversarial terms of every D, the weighted matching terms,
-    and KL. fake_imgs: G's images (one per D); words (B, D, T), mask (B, T) and cap_lens (B,)
-    as fed to G; image_encoder: an ITM or a CNN_ENCODER (frozen by the caller as needed).
-    Returns (loss, parts)."""
+                   logvar, class_ids=None, matching_scale=1.0):
+    """The full G loss for `cfg`: adversarial terms of every D, the weighted matching terms
+    (times `matching_scale`, see `matching_ramp`), and KL. fake_imgs: G's images (one per D);
+    words (B, D, T), mask (B, T) and cap_lens (B,) as fed to G; image_encoder: an ITM or a
+    CNN_ENCODER (frozen by the caller as needed). Returns (loss, parts)."""
     if len(netsD) != len(fake_imgs):
         raise ValueError(f"generator_loss: {len(netsD)} discriminators for {len(fake_imgs)} "
                          f"images")
@@ -125,10 +177,11 @@ def generator_loss(cfg, netsD, image_encoder, fake_imgs, sent_emb, words, mask, 
     total = fake_imgs[-1].new_zeros(())
     for i, (netD, fake) in enumerate(zip(netsD, fake_imgs)):
         cond = d_condition(cfg.d_conditions[i], sent_emb, words, mask, cfg.mask_compat)
-        parts[f"g_adv{i}"] = generator_adversarial(netD, fake, cond, cfg.d_heads[i])
+        parts[f"g_adv{i}"] = generator_adversarial(netD, fake, cond, cfg.d_heads[i],
+                                                   cfg.adv_loss)
         total = total + parts[f"g_adv{i}"]
     encoded = {}
-    for term in cfg.matching:
+    for term in (cfg.matching if matching_scale > 0 else ()):
         index = term.image % len(fake_imgs)
         if index not in encoded:       # one encoder pass per image, shared by its terms
             encoded[index] = image_encoder.encode_image(fake_imgs[index])
@@ -137,7 +190,7 @@ def generator_loss(cfg, netsD, image_encoder, fake_imgs, sent_emb, words, mask, 
                                 gamma1=cfg.gamma1, gamma2=cfg.gamma2, gamma3=cfg.gamma3,
                                 impl=cfg.impl)
         parts[f"{term.kind[0]}_loss{index}"] = l0 + l1
-        total = total + term.weight * (l0 + l1)
+        total = total + matching_scale * term.weight * (l0 + l1)
     parts["kl"] = KL_loss(mu, logvar)
     total = total + cfg.kl_weight * parts["kl"]
     return total, parts

@@ -36,7 +36,7 @@ from t2i_fast.errors import ConfigError, WeightsError
 from t2i_fast.fileio import atomic_write, make_dir
 from t2i_fast.grid import caption_grid
 from t2i_fast.models import (build_models, d_condition, discriminator_loss, generator_loss,
-                             matching_loss, text_features)
+                             matching_loss, matching_ramp, text_features)
 from t2i_fast.train import distributed, rundir
 from t2i_fast.train.checkpoint import (checkpoint_path, latest_checkpoint,
                                        load_checkpoint, prune_checkpoints, save_checkpoint)
@@ -66,14 +66,17 @@ class MatchingStep(nn.Module):
 
 
 class DiscriminatorStep(nn.Module):
-    """One D's loss as a module (DDP syncs its gradients)."""
+    """One D's loss as a module (DDP syncs its gradients); cfg: the model Config (loss kind,
+    gradient penalty)."""
 
-    def __init__(self, netD, heads):
+    def __init__(self, netD, heads, cfg):
         super().__init__()
-        self.netD, self.heads = netD, heads
+        self.netD, self.heads, self.cfg = netD, heads, cfg
 
     def forward(self, real, fake, cond):
-        return discriminator_loss(self.netD, real, fake, cond, self.heads)
+        cfg = self.cfg
+        return discriminator_loss(self.netD, real, fake, cond, self.heads, cfg.adv_loss,
+                                  cfg.ma_gp, cfg.ma_gp_power)
 
 
 def _floats(parts):
@@ -162,9 +165,11 @@ class Run:
             self.evaluation = Evaluation(train_cfg, self.cfg, self.vocab, self.dir,
                                          self.d.device, len(self.test_set))
         self.batch = train_cfg.batch_size
-        if len(self.train_set) < self.batch * self.d.world:
-            raise ConfigError(f"the training set has {len(self.train_set)} images, fewer than "
-                              f"one batch of {self.batch} x {self.d.world} processes")
+        self.itm_batch = train_cfg.itm_batch_size or self.batch
+        for name, batch in (("batch_size", self.batch), ("itm_batch_size", self.itm_batch)):
+            if len(self.train_set) < batch * self.d.world:
+                raise ConfigError(f"the training set has {len(self.train_set)} images, fewer "
+                                  f"than one batch ({name} {batch}) x {self.d.world} processes")
         self.codec = make_codec(train_cfg, self.cfg, self.vocab)
         torch.manual_seed(train_cfg.seed)             # the same initial weights on every rank
         self.models = build_models(self.cfg, self.d.device)
@@ -195,13 +200,13 @@ class Run:
         if self.d.main and not self.quiet:
             print(text, flush=True)
 
-    def batches(self, step, phase_seed):
-        """Batches from global step `step` on, epoch after epoch."""
-        per_epoch = len(self.train_set) // (self.batch * self.d.world)
+    def batches(self, step, phase_seed, batch):
+        """Batches of `batch` images from global step `step` on, epoch after epoch."""
+        per_epoch = len(self.train_set) // (batch * self.d.world)
         epoch, start = divmod(step, per_epoch)
         while True:
             self.train_set.set_epoch(epoch)
-            sampler = EpochBatches(len(self.train_set), self.batch, phase_seed, epoch,
+            sampler = EpochBatches(len(self.train_set), batch, phase_seed, epoch,
                                    self.d.rank, self.d.world, start)
             # Own generator: creating a loader must not draw from the global RNG, or a resumed
             # run's noise would shift by one draw.
@@ -257,7 +262,7 @@ class Run:
         progress = Progress("encoders", steps, self.d.device, every=self.tcfg.log_every,
                             enabled=self.d.main and not self.quiet)
         clip = self.tcfg.itm_clip
-        data = self.batches(0, self.tcfg.seed + 1)
+        data = self.batches(0, self.tcfg.seed + 1, self.itm_batch)
         for step in range(1, steps + 1):
             tokens, cap_len, reals, class_ids = self.prepare(next(data))
             with self.autocast():
@@ -292,8 +297,11 @@ class Run:
             parts[f"d_loss{i}"] = loss_d
         self.Ds.requires_grad_(False)      # the G step needs no D weight gradients
         with self.autocast():
+            ramp = matching_ramp(self.step + 1, self.tcfg.matching_delay,
+                                 self.tcfg.matching_warmup)
             loss_g, g_parts = generator_loss(cfg, self.Ds, self.models.image_encoder, fakes,
-                                             sent, words, mask, lens, mu, logvar, class_ids)
+                                             sent, words, mask, lens, mu, logvar, class_ids,
+                                             matching_scale=ramp)
         self.Ds.requires_grad_(True)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(loss_g).backward()
@@ -421,11 +429,12 @@ class Run:
             self.load_state(state, self.checkpoint)
             self.say(f"resumed from {self.checkpoint} at step {self.step}")
         G = _wrap(self.G, self.d)
-        dsteps = [_wrap(DiscriminatorStep(d, h), self.d) for d, h in zip(self.Ds, self.cfg.d_heads)]
+        dsteps = [_wrap(DiscriminatorStep(d, h, self.cfg), self.d)
+                  for d, h in zip(self.Ds, self.cfg.d_heads)]
         G.train()
         progress = Progress("gan", t.steps, self.d.device, start=self.step, every=t.log_every,
                             enabled=self.d.main and not self.quiet)
-        data = self.batches(self.step, t.seed)
+        data = self.batches(self.step, t.seed, self.batch)
         sums, count = {}, 0
         while self.step < t.steps:
             parts = self.gan_step(G, dsteps, next(data))
