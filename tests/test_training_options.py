@@ -1,5 +1,6 @@
-"""Training options of the small preset's recipe: phase-1 batch size, the matching-term ramp,
-hinge loss, matching-aware gradient penalty. Each default keeps the upstream behaviour."""
+"""Training options of the small preset's recipe: phase-1 batch size, the matching-term ramp
+and jitter, hinge loss, matching-aware gradient penalty. Each default keeps the upstream
+behaviour."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,6 +9,7 @@ from t2i_fast.errors import ConfigError
 from t2i_fast.models import (D_NET64, adversarial_term, discriminator_loss,
                              generator_adversarial, get_config, matching_aware_penalty,
                              matching_ramp)
+from t2i_fast.models.losses import jittered
 from t2i_fast.train import Run, train_config
 
 
@@ -114,3 +116,27 @@ def test_discriminator_loss_adds_the_penalty_and_trains_through_it():
     x = real.clone().requires_grad_(True)
     gx, = torch.autograd.grad(net.UNCOND_DNET.logits(net(x)).sum(), x)
     torch.testing.assert_close(p_uncond["ma_gp"], gx.flatten(1).norm(dim=1).pow(6).mean())
+
+
+def test_jitter_shifts_each_image_by_its_draw(monkeypatch):
+    """amount 1/8 of an 8-pixel side with the largest draw moves every image by exactly one
+    pixel on each axis, repeating the border; no jitter returns the images themselves."""
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    assert jittered(x, 0.0) is x
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.ones(*shape, **kw))
+    y = jittered(x, 1 / 8)
+    expected = torch.cat([x[:, :, 1:], x[:, :, -1:]], dim=2)
+    expected = torch.cat([expected[..., 1:], expected[..., -1:]], dim=3)
+    torch.testing.assert_close(y, expected, rtol=0, atol=1e-12)
+    y.sum().backward()                                   # G's gradient goes through it
+    assert x.grad[:, :, 0, 0].abs().max() == 0 and x.grad[:, :, -1, -1].min() == 4
+    with pytest.raises(ConfigError, match="matching_jitter"):
+        get_config("small", matching_jitter=0.5)
+
+
+def test_jitter_draws_a_shift_per_sample():
+    torch.manual_seed(0)
+    x = torch.linspace(0, 1, 16).repeat(3, 1, 16, 1)            # a horizontal ramp
+    y = jittered(x, 0.1)
+    shifts = (y - x)[:, 0, 8, 8]
+    assert shifts.abs().max() <= 0.1 * 16 / 15 + 1e-6 and len(set(shifts.tolist())) == 3

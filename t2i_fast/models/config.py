@@ -63,6 +63,8 @@ class Config:
     matching: Tuple[MatchTerm, ...] = (MatchTerm(1, "sentence", 1.0), MatchTerm(-1, "word", 1.0),
                                        MatchTerm(-1, "sentence", 4.0))
     kl_weight: float = 1.0
+    matching_jitter: float = 0.0        # G's matching terms read its images shifted by up to
+                                        # this fraction of the side (losses.jittered)
     adv_loss: str = "bce"               # adversarial terms: 'bce' (upstream) or 'hinge' (DF-GAN)
     ma_gp: float = 0.0                  # weight of DF-GAN's matching-aware gradient penalty
     ma_gp_power: float = 6.0            # its exponent p in E ||grad||^p
@@ -154,6 +156,8 @@ class Config:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 bad(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        if not 0 <= self.matching_jitter < 0.5:
+            bad(f"matching_jitter must be in [0, 0.5), got {self.matching_jitter}")
         if not (math.isfinite(self.ma_gp) and self.ma_gp >= 0 and self.ma_gp_power > 0):
             bad(f"ma_gp must be a finite number >= 0 and ma_gp_power > 0, got {self.ma_gp} "
                 f"and {self.ma_gp_power}")
@@ -200,15 +204,16 @@ PRESETS = {
     # A CPU demo on the 64x64 shapes dataset (16 -> 32 -> 64): `python -m t2i_fast.train`.
     # Narrow G and Ds so ~1,200 steps fit in minutes on 2 cores (its training values are in
     # t2i_fast.train.config.TRAIN_PRESETS).
-    # Matching terms at 1/4 of GR-GAN's weights on the intermediate image and the word level:
-    # at full weight G draws the textures the frozen ITM reads as the caption
-    # (benchmarks/NOTES.md, "Learning on the shapes dataset").
+    # Matching terms at 1/4 of GR-GAN's weights on the intermediate image and the word level,
+    # read through a random shift of up to 4 pixels: at full weight, or pixel-aligned, G draws
+    # the textures the frozen ITM reads as the caption (benchmarks/NOTES.md, "Learning on the
+    # shapes dataset").
     "small": dict(text_dim=64, words_num=12, vocab_size=256, gf_dim=16, z_dim=32,
                   condition_dim=32, r_num=1, base_size=16, df_dim=16, clip_layers=(1, 1, 1, 1),
                   clip_width=16, clip_resolution=64, clip_embed_dim=64, clip_context=16,
                   clip_text_width=64, clip_text_heads=4, clip_text_layers=2, freeze_clip=False,
                   matching=(MatchTerm(1, "sentence", 0.25), MatchTerm(-1, "word", 0.25),
-                            MatchTerm(-1, "sentence", 1.0))),
+                            MatchTerm(-1, "sentence", 1.0)), matching_jitter=0.0625),
 }
 
 

@@ -164,6 +164,23 @@ def matching_ramp(step, delay, warmup):
     return min(1.0, active / warmup)
 
 
+def jittered(images, amount):
+    """`images` (B, C, S, S) shifted by a random sub-pixel translation per sample, uniform in
+    [-amount, amount] of the side on each axis (bilinear, border pixels repeated); unchanged
+    when amount is 0. G's matching terms read its images through this, so a pattern that a
+    frozen encoder reads as the caption only at one exact pixel alignment stops paying."""
+    if amount <= 0:
+        return images
+    batch = images.shape[0]
+    theta = torch.zeros(batch, 2, 3, device=images.device, dtype=images.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, :, 2] = (torch.rand(batch, 2, device=images.device, dtype=images.dtype) * 2 - 1) \
+        * (2 * amount)                     # grid coordinates span 2 per side
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border",
+                         align_corners=False)
+
+
 def generator_loss(cfg, netsD, image_encoder, fake_imgs, sent_emb, words, mask, cap_lens, mu,
                    logvar, class_ids=None, matching_scale=1.0):
     """The full G loss for `cfg`: adversarial terms of every D, the weighted matching terms
@@ -184,7 +201,8 @@ def generator_loss(cfg, netsD, image_encoder, fake_imgs, sent_emb, words, mask, 
     for term in (cfg.matching if matching_scale > 0 else ()):
         index = term.image % len(fake_imgs)
         if index not in encoded:       # one encoder pass per image, shared by its terms
-            encoded[index] = image_encoder.encode_image(fake_imgs[index])
+            encoded[index] = image_encoder.encode_image(jittered(fake_imgs[index],
+                                                                 cfg.matching_jitter))
         regions, code = encoded[index]
         l0, l1 = matching_terms(regions, code, words, sent_emb, cap_lens, term.kind, class_ids,
                                 gamma1=cfg.gamma1, gamma2=cfg.gamma2, gamma3=cfg.gamma3,
