@@ -17,6 +17,7 @@ from run_helpers import (ENV, TINY, assert_states_equal, call, one_line_error, r
 from t2i_fast.errors import RunDirError
 from t2i_fast.train import Run
 from t2i_fast.train.__main__ import main as train_main
+from t2i_fast.train.__main__ import resolve_config
 from t2i_fast.train.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint
 from t2i_fast.train.progress import MetricsLog
 from t2i_fast.train.rundir import LOCK_NAME, RunLock, read_config
@@ -263,3 +264,23 @@ def test_runs_written_before_the_trainer_fields_moved_still_load(finished, tmp_p
     (old / "config.json").write_text(json.dumps(stored))
     (train, model, vocab), (train0, model0, vocab0) = read_config(old), read_config(finished)
     assert (train, model, vocab.to_list()) == (train0, model0, vocab0.to_list())
+
+
+def test_resume_takes_the_newest_checkpoint_once_it_holds_the_lock(tmp_path):
+    """`--resume RUN` looks up the newest checkpoint under the lock: a process that ends after
+    the command started may have written a newer one and pruned the one seen first."""
+    run = str(tmp_path / "run")
+    assert train_main(SHORT + ["--keep-checkpoints", "1", "--out", run]) == 0
+    waiting = Run(*_resumed(run, 6))                 # sees step 2, then waits for the lock
+    assert train_main(["--resume", run, "--steps", "4"]) == 0     # writes 4, prunes 2
+    assert [step for step, _ in list_checkpoints(run)] == [4]
+    waiting.train()
+    assert waiting.step == 6
+    steps = [r["step"] for r in map(json.loads, open(f"{run}/metrics.jsonl"))
+             if r["phase"] == "gan"]
+    assert steps == sorted(set(steps)) and steps[-1] == 6
+
+
+def _resumed(run, steps):
+    cfg, _, checkpoint = resolve_config(["--resume", run, "--steps", str(steps)])
+    return cfg, cfg.out, True, checkpoint

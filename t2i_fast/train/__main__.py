@@ -79,7 +79,7 @@ def train(argv):
                 f"python -m t2i_fast.train --resume {run.dir}")
         return 130
     except WeightsError as e:
-        if resume and checkpoint is not None and str(checkpoint) in str(e):
+        if resume and run.checkpoint is not None and str(run.checkpoint) in str(e):
             raise WeightsError(f"{e}; an older checkpoint of the run can be given to --resume "
                                f"directly (RUN/checkpoints/step_N.pt)") from e
         raise

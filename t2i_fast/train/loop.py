@@ -150,9 +150,10 @@ class Run:
         self.d = distributed.setup(train_cfg.device)
         if self.d.main and not self.resume:
             rundir.check_new_run_dir(self.dir)
-        if self.resume and checkpoint is None:
-            checkpoint = latest_checkpoint(self.dir)
-        self.checkpoint = checkpoint
+        # The newest checkpoint is looked up again under the run's lock (train()): a process
+        # that ends meanwhile may still write one and prune older ones.
+        self.newest = self.resume and checkpoint is None
+        self.checkpoint = latest_checkpoint(self.dir) if self.newest else checkpoint
         if train_cfg.threads:
             torch.set_num_threads(train_cfg.threads)
         self.cfg, self.vocab, self.train_set, self.test_set = resolve(train_cfg, self.dir,
@@ -399,6 +400,9 @@ class Run:
             for message in messages:
                 self.say(message)
         try:
+            if self.newest:
+                self.d.barrier()
+                self.checkpoint = latest_checkpoint(self.dir)
             return self._train(hooks)
         finally:
             self.log.close()

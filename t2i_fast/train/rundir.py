@@ -19,7 +19,7 @@ from t2i_fast.data.vocab import Vocabulary
 from t2i_fast.errors import ConfigError, RunDirError
 from t2i_fast.fileio import atomic_write, fs_error, make_dir, remove_temp_files
 from t2i_fast.models import Config
-from t2i_fast.train.checkpoint import checkpoint_step, latest_checkpoint
+from t2i_fast.train.checkpoint import checkpoint_step
 from t2i_fast.train.config import TrainConfig
 
 RUN_FILES = ("config.json", "encoders.pt", "checkpoints", "samples", "metrics.jsonl")
@@ -184,13 +184,14 @@ def claim(run_dir, new_run):
 
 
 def resume_target(path):
-    """(run directory, checkpoint or None) of a --resume value: a run directory (its newest
-    checkpoint) or one of its checkpoints RUN/checkpoints/step_N.pt."""
+    """(run directory, checkpoint or None) of a --resume value: a run directory (None: the
+    run takes its newest checkpoint once it holds the lock) or one of its checkpoints
+    RUN/checkpoints/step_N.pt."""
     path = Path(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ConfigError(f"--resume {path}: not a run directory (no config.json)")
-        return path, latest_checkpoint(path)
+        return path, None
     if path.is_file():
         run_dir = path.parent.parent
         if checkpoint_step(path) is not None and (run_dir / "config.json").is_file():
