@@ -73,6 +73,29 @@ def _wait_for(path, proc, timeout=300):
 
 
 @pytest.mark.slow
+def test_ctrl_c_is_one_message_with_the_way_to_continue(tmp_path):
+    """SIGINT (Ctrl-C) mid-run: no traceback, exit 130, the message names the newest
+    checkpoint and the command that continues the run; the lock is released."""
+    run = tmp_path / "run"
+    argv = TINY + ["--itm-steps", "2", "--steps", "400", "--ckpt-every", "2", "--log-every", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "t2i_fast.train", *argv, "--out", str(run)],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(checkpoint_path(run, 2), proc)
+        os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "Traceback" not in out
+    newest = max(step for step, _ in list_checkpoints(run))
+    assert f"the newest checkpoint is step {newest}: continue with python -m t2i_fast.train " \
+        f"--resume {run}" in out
+    assert (run / LOCK_NAME).read_text() == ""
+
+
+@pytest.mark.slow
 def test_kill_9_mid_run_then_resume_ends_bitwise_equal(tmp_path, capsys):
     """A real SIGKILL of `python -m t2i_fast.train` after its first checkpoint; while it is
     stopped, other commands are refused and change nothing; --resume takes the dead process's
