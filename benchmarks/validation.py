@@ -19,12 +19,15 @@ import json
 import sys
 from pathlib import Path
 
+from t2i_fast import backends
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 TARGET = ROOT / "t2i_fast" / "validation.json"
-OPS = ("memory_read", "response_gate", "dynamic_memory", "word_region_attention",
-       "word_region_similarity")
-FAST = ("triton", "cuda")  # the GPU backends of t2i_fast.backends.TABLE, in table order
+OPS = tuple(backends.KERNELS)
+# the fast GPU backends of the table, in table order
+FAST = tuple(name for name, record in backends.TABLE.items()
+             if "cuda" in record.dtypes and record.kernel is not None)
 
 DEVELOPMENT = {
     "triton": {op: {"passed": True,

@@ -103,11 +103,18 @@ def _no_limits(op, call):
     return ()
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_limit_values():
+    """(cuda_max_slots, cuda_max_batch) as t2i_fast._C reports them (None where it does not),
+    read once: the ops consult them on every call."""
+    info = _ext.build_info()
+    return info.get("cuda_max_slots"), info.get("cuda_max_batch")
+
+
 def _cuda_limits(op, call):
     """The CUDA kernels keep T scores in registers (at most `cuda_max_slots`) and put batches on
     a grid dimension (at most `cuda_max_batch`); both numbers come from t2i_fast._C."""
-    info = _ext.build_info()
-    max_slots, max_batch = info.get("cuda_max_slots"), info.get("cuda_max_batch")
+    max_slots, max_batch = _cuda_limit_values()
     if max_slots is None or max_batch is None:
         return ("t2i_fast._C does not report its CUDA limits: rebuild it with "
                 "pip install -e . --no-build-isolation",)
@@ -133,11 +140,10 @@ def _triton_limits(op, call):
 
 
 def _cuda_limit_text():
-    info = _ext.build_info()
-    if "cuda_max_slots" not in info:
+    max_slots, max_batch = _cuda_limit_values()
+    if max_slots is None:
         return "unknown: t2i_fast._C does not report them"
-    return (f"T <= {info['cuda_max_slots']} word slots; batch, images and captions <= "
-            f"{info['cuda_max_batch']}")
+    return f"T <= {max_slots} word slots; batch, images and captions <= {max_batch}"
 
 
 def _triton_limit_text():
@@ -145,10 +151,6 @@ def _triton_limit_text():
     if module is None:
         return f"unknown: {why}"
     return f"word-region ops: |gamma1| <= {module.GAMMA1_LIMIT:g}"
-
-
-def _extension_kernel(name):
-    return _ext.op(name)
 
 
 def _triton_kernel(name):
@@ -179,7 +181,7 @@ TABLE = {
         "reference", {"cpu": _FLOATS, "cuda": _FLOATS}, lambda family, device: (), _no_limits,
         None, "pure PyTorch in t2i_fast/ops (the executable specification)"),
     "cpu": Backend(
-        "cpu", {"cpu": _FLOATS}, _extension_needs("CPU"), _no_limits, _extension_kernel,
+        "cpu", {"cpu": _FLOATS}, _extension_needs("CPU"), _no_limits, _ext.op,
         "C++ kernels with OpenMP, torch.ops.t2i_fast_C (csrc/cpu/)"),
     # The Triton interpreter computes bf16 dots wrongly; float64 is not offered on a GPU.
     "triton": Backend(
@@ -189,7 +191,7 @@ TABLE = {
         _triton_limit_text),
     "cuda": Backend(
         "cuda", {"cuda": (torch.float16, torch.bfloat16, torch.float32)},
-        _extension_needs("CUDA"), _cuda_limits, _extension_kernel,
+        _extension_needs("CUDA"), _cuda_limits, _ext.op,
         "CUDA kernels, torch.ops.t2i_fast_C (csrc/cuda/)", _cuda_limit_text),
 }
 BACKENDS = tuple(TABLE)
@@ -258,9 +260,9 @@ def unavailable(backend, op, device_type, dtype):
     (empty: it can)."""
     if op not in KERNELS:
         raise ValueError(f"unknown op {op!r}; ops with backends: {sorted(KERNELS)}")
-    record = TABLE[check_name(backend, "backend")] if backend != "auto" else None
-    if record is None:
+    if backend == "auto":
         raise ValueError("unavailable() takes a backend of the table, not 'auto'")
+    record = TABLE[check_name(backend, "backend")]
     if device_type not in DEVICES:
         return (f"tensors on {device_type!r}: t2i_fast supports {' and '.join(DEVICES)}",)
     reasons = []

@@ -22,7 +22,7 @@ _BOOL_TEXT = {"true": True, "1": True, "false": False, "0": False}
 
 @functools.lru_cache(maxsize=None)
 def field_types(cls):
-    """{field name: declared type} of a dataclass."""
+    """{field name: declared type} of a dataclass or a typed NamedTuple."""
     return typing.get_type_hints(cls)
 
 
@@ -49,7 +49,7 @@ def describe(tp):
     if tp in names:
         return names[tp]
     if _record(tp):
-        hints = typing.get_type_hints(tp)
+        hints = field_types(tp)
         return f"{tp.__name__} [{', '.join(f'{k} ({describe(hints[k])})' for k in tp._fields)}]"
     if typing.get_origin(tp) is tuple:
         args = typing.get_args(tp)
@@ -97,7 +97,7 @@ def _coerce(tp, value):
     if inner is not None:
         return None if value is None else _coerce(inner, value)
     if _record(tp):
-        hints = typing.get_type_hints(tp)
+        hints = field_types(tp)
         if isinstance(value, (list, tuple)) and 1 <= len(value) <= len(tp._fields):
             value = dict(zip(tp._fields, value))
         if not isinstance(value, dict) or not set(value) <= set(tp._fields):
@@ -131,7 +131,7 @@ def matches(tp, value):
     if tp in (str, dict):
         return isinstance(value, tp)
     if _record(tp):
-        hints = typing.get_type_hints(tp)
+        hints = field_types(tp)
         return isinstance(value, tp) and all(matches(hints[k], getattr(value, k))
                                              for k in tp._fields)
     if typing.get_origin(tp) is tuple:

@@ -108,6 +108,11 @@ def atomic_write(path, write):
     return path
 
 
+def save_png(image, path):
+    """A PIL image written to `path` as PNG through atomic_write."""
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
+
+
 def append_line(path, text):
     """Append `text` and a newline to `path` (created if absent)."""
     try:

@@ -1,7 +1,7 @@
 """Image grids with each image's caption written beneath it (PNG sample sheets), and sheets of
 per-word attention overlays.
 
-    caption_grid(images, captions, "samples/step_0000200.png", columns=4)
+    caption_grid(images, captions, columns=4).save("grid.png")
     attention_sheet([("stage 2", image, maps, ["a", "red", "bird"])]).save("attention.png")
 """
 import textwrap
@@ -19,8 +19,8 @@ def _font(size):
         return ImageFont.load_default()
 
 
-def caption_grid(images, captions, path=None, columns=4, cell=128, lines=3, font_size=11):
-    """images (N, 3, H, W) in [-1, 1] and N captions -> a PIL image (saved to `path` if given).
+def caption_grid(images, captions, columns=4, cell=128, lines=3, font_size=11):
+    """images (N, 3, H, W) in [-1, 1] and N captions -> a PIL image.
 
     Each image is scaled to `cell` pixels (nearest neighbour, so pixels stay visible) with up
     to `lines` wrapped lines of its caption beneath."""
@@ -41,8 +41,6 @@ def caption_grid(images, captions, path=None, columns=4, cell=128, lines=3, font
         wrapped = textwrap.wrap(text, chars)[:lines]
         for k, line in enumerate(wrapped):
             draw.text((x + 3, y + cell + 3 + k * line_h), line, fill="black", font=font)
-    if path is not None:
-        sheet.save(path)
     return sheet
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from t2i_fast.data.base import tensor_to_image
 from t2i_fast.errors import ArgumentParser, ConfigError, cli_main
-from t2i_fast.fileio import atomic_write, check_writable
+from t2i_fast.fileio import check_writable, save_png
 from t2i_fast.grid import attention_sheet, caption_grid
 from t2i_fast.runs import add_source_arguments, load_source
 from t2i_fast.train.distributed import resolve_device
@@ -62,10 +62,6 @@ def attention_rows(run, images, maps, tokens):
     return rows
 
 
-def _save_png(image, path):
-    atomic_write(path, lambda f: image.save(f, format="PNG"))
-
-
 def sample(argv):
     args = build_parser().parse_args(argv)
     captions = list(args.caption)
@@ -95,10 +91,10 @@ def sample(argv):
         raise ConfigError(f"{e.args[0]}; known words include: {known}") from e
     sheets = [attention_sheet(attention_rows(run, *r)) for r in results]
     for i, (img, seed) in enumerate(zip(images, seeds)):
-        _save_png(tensor_to_image(img), out / f"{i:03d}_seed{seed}.png")
+        save_png(tensor_to_image(img), out / f"{i:03d}_seed{seed}.png")
     for i, (sheet, seed) in enumerate(zip(sheets, seeds)):
-        _save_png(sheet, out / f"{i:03d}_seed{seed}_attention.png")
-    _save_png(caption_grid(images, texts, columns=min(4, len(images))), out / "grid.png")
+        save_png(sheet, out / f"{i:03d}_seed{seed}_attention.png")
+    save_png(caption_grid(images, texts, columns=min(4, len(images))), out / "grid.png")
     source = (f"checkpoint step {run.step}" if run.weights is None else
               f"generator {run.weights['generator']}")
     print(f"wrote {len(images)} images{' with attention overlays' if sheets else ''} and "

@@ -214,14 +214,6 @@ def padding_mask(lengths, slots, device="cpu"):
     return torch.arange(slots, device=device)[None, :] >= lens[:, None]
 
 
-def nchw(batch, channels, height, width, dtype, device, contiguous=True, gen=None):
-    """Random NCHW features; non-contiguous ones are a channels-last view."""
-    if contiguous:
-        return torch.randn(batch, channels, height, width, generator=gen).to(device, dtype)
-    return torch.randn(batch, height, width, channels, generator=gen).to(device, dtype) \
-        .permute(0, 3, 1, 2)
-
-
 # --------------------------------------------------------------------------------------------
 # The GPU validation recorder (--validation-json)
 # --------------------------------------------------------------------------------------------

@@ -108,7 +108,15 @@ def test_limits_send_auto_to_the_next_backend_and_make_explicit_requests_raise(
         ops.word_region_similarity(regions, words, lens, gamma1=beyond, impl="triton")
 
 
-def test_cuda_limits_come_from_the_extension(monkeypatch):
+@pytest.fixture
+def fresh_cuda_limits():
+    """The CUDA limits are read from the extension once per process: read them again."""
+    backends._cuda_limit_values.cache_clear()
+    yield
+    backends._cuda_limit_values.cache_clear()
+
+
+def test_cuda_limits_come_from_the_extension(monkeypatch, fresh_cuda_limits):
     monkeypatch.setattr(_ext, "build_info", lambda: {"cuda": True, "cuda_max_slots": 32,
                                                      "cuda_max_batch": 65535})
     limits = backends.TABLE["cuda"].limits
@@ -117,6 +125,7 @@ def test_cuda_limits_come_from_the_extension(monkeypatch):
     assert "captions = 70000 > 65535" in limits(
         "word_region_similarity", dict(images=4, captions=70000, slots=18, gamma1=4.0))[0]
     monkeypatch.setattr(_ext, "build_info", lambda: {"cuda": True})
+    backends._cuda_limit_values.cache_clear()
     assert "rebuild" in limits("dynamic_memory", dict(batch=1, slots=1))[0]
 
 

@@ -7,7 +7,6 @@ import json
 import sys
 
 import pytest
-import torch
 from PIL import Image
 from run_helpers import assert_states_equal, call, one_line_error
 from test_evaluate import small_clip_files

@@ -13,13 +13,23 @@ from t2i_fast.models.losses import jittered
 from t2i_fast.train import Run, train_config
 
 
+def spy(run, method, record):
+    """Wrap run.<method> so that record(args, result) sees each call."""
+    original = getattr(run, method)
+
+    def wrapped(*args):
+        out = original(*args)
+        record(args, out)
+        return out
+    setattr(run, method, wrapped)
+
+
 def test_phase_one_uses_its_own_batch_size(tmp_path):
     cfg = train_config("tiny", itm_steps=3, steps=0, dataset_size=32, batch_size=4,
                        itm_batch_size=8, threads=1, out=str(tmp_path / "run"))
     run = Run(cfg, cfg.out, quiet=True)
     seen = []
-    prepare = run.prepare
-    run.prepare = lambda batch: (seen.append(len(batch["image"])), prepare(batch))[1]
+    spy(run, "prepare", lambda args, _: seen.append(len(args[0]["image"])))
     run.train()
     assert seen == [8, 8, 8]
     assert len(next(run.batches(0, 0, run.batch))["image"]) == 4     # the GAN keeps its batch
@@ -41,8 +51,7 @@ def test_training_applies_the_ramp(tmp_path):
                        dataset_size=16, threads=1, out=str(tmp_path / "run"))
     run = Run(cfg, cfg.out, quiet=True)
     parts = []
-    gan_step = run.gan_step
-    run.gan_step = lambda *a: (lambda p: (parts.append(set(p)), p)[1])(gan_step(*a))
+    spy(run, "gan_step", lambda _, logged: parts.append(set(logged)))
     run.train()
     matching = {"s_loss1", "w_loss2", "s_loss2"}
     assert [bool(matching & p) for p in parts] == [False, False, True, True]
@@ -80,6 +89,8 @@ def test_hinge_discriminator_and_generator_losses():
          + F.relu(1 + c(rf[:2], cond[1:])).mean()) / 3
     torch.testing.assert_close(loss, expected)
     assert "ma_gp" not in p
+    with pytest.raises(ValueError, match="adversarial loss"):
+        generator_adversarial(net, fake, cond, "both", loss="wgan")
     g = generator_adversarial(net, fake, cond, "both", loss="hinge")
     torch.testing.assert_close(g, -u(ff).mean() - c(ff, cond).mean())
 

@@ -217,9 +217,9 @@ class ClipTokenizer:
 
     def tokenize(self, texts, context_length=77, truncate=True):
         """texts (str or list of B str) -> LongTensor (B, context_length):
-        [SOT, ids..., EOT, 0, ...].
+        [sot_id, ids..., eot_id, 0, ...].
 
-        truncate: cut a row that is too long to context_length and end it with EOT (as
+        truncate: cut a row that is too long to context_length and end it with eot_id (as
         clip.tokenize(..., truncate=True)); False raises ValueError instead (CLIP's default).
         """
         if isinstance(texts, str):

@@ -66,13 +66,16 @@ def build_generator(cfg):
     return weights_init(G_NET.from_config(cfg))
 
 
+def build_discriminator(cfg, index):
+    """The discriminator of image `index` (sizes cfg.image_sizes, heads cfg.d_heads)."""
+    net = D_NET(cfg.image_sizes[index], cfg.df_dim, cfg.text_dim,
+                b_jcu=cfg.d_heads[index] in ("uncond", "both"), norm=cfg.d_norm,
+                memory=cfg.memory)
+    return weights_init(net) if cfg.d_weights_init else net
+
+
 def build_discriminators(cfg):
-    nets = []
-    for size, heads in zip(cfg.image_sizes, cfg.d_heads):
-        net = D_NET(size, cfg.df_dim, cfg.text_dim, b_jcu=heads in ("uncond", "both"),
-                    norm=cfg.d_norm, memory=cfg.memory)
-        nets.append(weights_init(net) if cfg.d_weights_init else net)
-    return nn.ModuleList(nets)
+    return nn.ModuleList(build_discriminator(cfg, i) for i in range(len(cfg.image_sizes)))
 
 
 def build_text_encoder(cfg):

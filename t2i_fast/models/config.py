@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional, Tuple
 from t2i_fast import backends
 from t2i_fast.config_fields import check_types
 from t2i_fast.errors import ConfigError
+from t2i_fast.models.losses import ADVERSARIAL_LOSSES
 from t2i_fast.models.memory import check_options as check_memory_options
 
 
@@ -152,7 +153,7 @@ class Config:
                 bad(f"bad matching term {term}")
         choices = {"text_encoder": ("clip", "rnn"), "attention": ("memory", "attention"),
                    "d_norm": ("spectral", "batch"), "image_encoder": ("itm", "damsm"),
-                   "rnn_type": ("LSTM", "GRU"), "adv_loss": ("bce", "hinge")}
+                   "rnn_type": ("LSTM", "GRU"), "adv_loss": ADVERSARIAL_LOSSES}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 bad(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
@@ -221,10 +222,7 @@ def get_config(name, **overrides):
     """The preset `name` with `overrides` applied (unknown keys raise)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(Config)}
-    if unknown:
-        raise ConfigError(f"unknown config fields {sorted(unknown)}")
-    return Config(**{"name": name, **PRESETS[name], **overrides})
+    return Config.from_dict({"name": name, **PRESETS[name], **overrides})
 
 
 def scaled_down(cfg, **overrides):

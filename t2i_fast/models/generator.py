@@ -149,13 +149,11 @@ class G_NET(nn.Module):  # noqa: N801 (upstream name)
         return out
 
     def memory_plan(self, batch, element_size):
-        """The policy of every block (order of memory_blocks): with memory_budget, the fastest
-        assignment whose estimated bytes fit it (memory.plan); else each block's own."""
-        blocks = self.memory_blocks()
-        if self.memory_budget is None:
-            return [block.memory for block, _ in blocks]
+        """The policy of every block (order of memory_blocks) under memory_budget: the fastest
+        assignment whose estimated bytes fit it (memory.plan), planned once per batch size."""
         key = (batch, element_size, self.memory_budget)
         if key not in self._plans:
+            blocks = self.memory_blocks()
             estimates = [mem.estimate(block.chain_units(), (batch, *shape[1:]), element_size)
                          for block, shape in blocks]
             try:
@@ -197,10 +195,10 @@ class G_NET(nn.Module):  # noqa: N801 (upstream name)
         if mask is not None:
             mask = expect(mask.bool(), (batch, word_embs.shape[2]), "G_NET mask")
         c_code, mu, logvar = self.ca_net(sent_emb, ca_noise)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and self.memory_budget is not None:
             policies = iter(self.memory_plan(batch, _activation_size(c_code)))
         else:
-            policies = itertools.repeat(None)   # no autograd: every block runs eagerly
+            policies = itertools.repeat(None)   # each block's own policy (eager without autograd)
         h_code = self.h_net1(z_code, c_code, memory=next(policies))
         images, attns = [self.img_net1(h_code)], []
         for s, spec in enumerate(self.schedule, start=2):

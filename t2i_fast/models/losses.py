@@ -28,14 +28,21 @@ def _bce(logits, real):
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
+ADVERSARIAL_LOSSES = ("bce", "hinge")
+
+
+def _check_adversarial(kind):
+    if kind not in ADVERSARIAL_LOSSES:
+        raise ValueError(f"adversarial loss must be one of {ADVERSARIAL_LOSSES}, got {kind!r}")
+
+
 def adversarial_term(logits, real, kind="bce"):
     """The D-side term that pushes `logits` towards real (True) or fake: BCE with logits
     (upstream) or the hinge max(0, 1 -+ logits) (DF-GAN)."""
+    _check_adversarial(kind)
     if kind == "bce":
         return _bce(logits, real)
-    if kind == "hinge":
-        return F.relu(1 - logits).mean() if real else F.relu(1 + logits).mean()
-    raise ValueError(f"adversarial loss must be 'bce' or 'hinge', got {kind!r}")
+    return F.relu(1 - logits).mean() if real else F.relu(1 + logits).mean()
 
 
 def matching_aware_penalty(logits, images, cond, power=6.0):
@@ -113,6 +120,7 @@ def discriminator_loss(netD, real_imgs, fake_imgs, cond, heads="both", loss="bce
 def generator_adversarial(netD, fake_imgs, cond, heads="both", loss="bce"):
     """The G-side adversarial terms of the heads in use: -log D(x^) (bce: real labels on the
     fakes) or -logit (hinge)."""
+    _check_adversarial(loss)
     feat = netD(fake_imgs)
     logits = []
     if heads in ("uncond", "both"):

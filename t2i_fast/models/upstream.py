@@ -33,10 +33,11 @@ from collections.abc import Mapping
 import torch
 
 from t2i_fast.errors import ConfigError, WeightsError
-from t2i_fast.models.build import build_image_encoder, build_models, build_text_encoder
+from t2i_fast.models.build import (build_discriminator, build_image_encoder, build_models,
+                                   build_text_encoder)
 from t2i_fast.models.config import get_config
 from t2i_fast.models.damsm import CNN_ENCODER
-from t2i_fast.models.discriminators import D_NET, SpectralNorm
+from t2i_fast.models.discriminators import SpectralNorm
 from t2i_fast.models.generator import G_NET
 
 UPSTREAM_PRESETS = ("dmgan-cub", "dmgan-coco", "attngan-cub", "grgan-coco")
@@ -245,8 +246,7 @@ def _part_module(cfg, part, index):
         return build_image_encoder(cfg)
     if index is None or index >= len(cfg.image_sizes):
         return None
-    return D_NET(cfg.image_sizes[index], cfg.df_dim, cfg.text_dim,
-                 b_jcu=cfg.d_heads[index] in ("uncond", "both"), norm=cfg.d_norm)
+    return build_discriminator(cfg, index)
 
 
 def looks_like(state, part, index=None):
@@ -286,6 +286,7 @@ def identify(obj):
         return [("generator", None)] + ([("discriminators", None)] if "netD" in obj else [])
     if not isinstance(obj, Mapping):
         return []
+    # Key by key, unlike as_state_dict: any mapping is looked at here, state dict or not.
     obj = {k[len("module."):] if isinstance(k, str) and k.startswith("module.") else k: v
            for k, v in obj.items()}
     keys = set(obj)

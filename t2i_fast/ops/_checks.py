@@ -78,14 +78,16 @@ def full_checks():
 
 def lengths(op, name, lens, batch, slots, device):
     """Caption lengths as an int64 tensor of shape (batch,) on `device`, values in 1..slots."""
+    checked = False
     if isinstance(lens, (list, tuple)):
         bad = [n for n in lens if isinstance(n, bool) or not isinstance(n, numbers.Integral)]
         if bad:
             raise TypeError(f"{op}: {name} must hold integers, got {bad[0]!r}")
         lens = torch.tensor([int(n) for n in lens], dtype=torch.long)
-        if device.type != "cpu":
-            _length_values(op, name, lens, slots)  # checked on the host, before the copy
-            lens = lens.to(device)
+        if not torch.compiler.is_compiling():
+            _length_values(op, name, lens, slots)  # on the host, before any copy
+            checked = True
+        lens = lens.to(device)
     if not isinstance(lens, torch.Tensor) or lens.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"{op}: {name} must be an int32/int64 tensor or a list of ints, got "
                         f"{lens.dtype if isinstance(lens, torch.Tensor) else type(lens).__name__}")
@@ -93,7 +95,8 @@ def lengths(op, name, lens, batch, slots, device):
         raise ValueError(f"{op}: {name} must have shape ({batch},), got {tuple(lens.shape)}")
     if lens.device != device:
         raise ValueError(f"{op}: {name} is on {lens.device} but the features are on {device}")
-    if (lens.device.type == "cpu" or full_checks()) and not torch.compiler.is_compiling():
+    if (not checked and (lens.device.type == "cpu" or full_checks())
+            and not torch.compiler.is_compiling()):
         _length_values(op, name, lens, slots)
     return lens.long()
 

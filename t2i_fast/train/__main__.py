@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from t2i_fast.errors import ConfigError, WeightsError, cli_main
+from t2i_fast.errors import ConfigError, cli_main
 from t2i_fast.train import distributed
 from t2i_fast.train.checkpoint import checkpoint_step, latest_checkpoint
 from t2i_fast.train.config import TrainConfig, flag, parse_args, train_config
@@ -78,11 +78,6 @@ def train(argv):
         run.say(f"interrupted at step {run.step}; {where}: continue with "
                 f"python -m t2i_fast.train --resume {run.dir}")
         return 130
-    except WeightsError as e:
-        if resume and run.checkpoint is not None and str(run.checkpoint) in str(e):
-            raise WeightsError(f"{e}; an older checkpoint of the run can be given to --resume "
-                               f"directly (RUN/checkpoints/step_N.pt)") from e
-        raise
     finally:
         distributed.teardown(run.d)
     return 0

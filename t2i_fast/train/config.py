@@ -273,7 +273,7 @@ def build_parser(prog="python -m t2i_fast.train"):
         if f.name not in FLAG_FIELDS:
             continue
         values = {k: v[f.name] for k, v in TRAIN_PRESETS.items() if f.name in v}
-        note = (f"; presets: " + ", ".join(f"{k} {v}" for k, v in values.items())
+        note = ("; presets: " + ", ".join(f"{k} {v}" for k, v in values.items())
                 if values else "")
         choices = TrainConfig.CHOICES.get(f.name)
         default = f.default if f.default is not dataclasses.MISSING else None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from t2i_fast.fileio import atomic_write
+from t2i_fast.fileio import save_png
 from t2i_fast.grid import _font
 from t2i_fast.train.progress import read_metrics
 
@@ -164,4 +164,6 @@ def write_curves(run_dir):
     """Draw RUN/curves.png from RUN/metrics.jsonl, atomically; returns its path."""
     run_dir = Path(run_dir)
     image = curves_image(read_metrics(run_dir / "metrics.jsonl"))
-    return atomic_write(run_dir / "curves.png", lambda f: image.save(f, format="PNG"))
+    path = run_dir / "curves.png"
+    save_png(image, path)
+    return path

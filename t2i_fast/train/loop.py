@@ -23,7 +23,7 @@ the backend, the data and the run directory have been checked.
 import copy
 import dataclasses
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from t2i_fast import backends
 from t2i_fast.errors import ConfigError, WeightsError
-from t2i_fast.fileio import atomic_write, make_dir
+from t2i_fast.fileio import make_dir, save_png
 from t2i_fast.grid import caption_grid
 from t2i_fast.models import (build_models, d_condition, discriminator_loss, generator_loss,
                              matching_loss, matching_ramp, text_features)
@@ -342,19 +342,18 @@ class Run:
                                                 ca_noise=noise.to(dev))
         path = self.dir / "samples" / f"step_{self.step:07d}.png"
         sheet = caption_grid(images[-1].float().cpu(), texts)
-        atomic_write(path, lambda f: sheet.save(f, format="PNG"))
+        save_png(sheet, path)
         return path
 
     def evaluate(self, progress):
-        """Score the EMA generator on held-out captions (rank 0): a metrics.jsonl record,
-        the progress line and curves.png."""
+        """Score the EMA generator on held-out captions (rank 0): a metrics.jsonl record and
+        the progress line (the loop redraws curves.png)."""
         if not self.d.main:
             return
         models = dataclasses.replace(self.models, generator=self.ema_generator())
         record = self.evaluation(models, self.step)
         self.log.write(record)
         progress.pin(f"eval@{self.step}", self.evaluation.headlines(record))
-        write_curves(self.dir)
 
     def state(self):
         return {"step": self.step, "generator": self.G.state_dict(), "ema": list(self.ema),
@@ -409,14 +408,24 @@ class Run:
             if lock is not None:
                 lock.release()
 
+    @contextmanager
+    def _resume_hint(self):
+        """A checkpoint that cannot be resumed from: say that an older one can be."""
+        try:
+            yield
+        except WeightsError as e:
+            raise WeightsError(f"{e}; an older checkpoint of the run can be given to --resume "
+                               f"directly (RUN/checkpoints/step_N.pt)") from e
+
     def _train(self, hooks):
         t = self.tcfg
         start_time = time.perf_counter()
-        state = load_checkpoint(self.checkpoint) if self.checkpoint is not None else None
-        if state is not None and not (isinstance(state, dict) and
-                                      isinstance(state.get("step"), int)):
-            raise WeightsError(f"{self.checkpoint} is not a training checkpoint of t2i_fast "
-                               f"(no step)")
+        with self._resume_hint():
+            state = load_checkpoint(self.checkpoint) if self.checkpoint is not None else None
+            if state is not None and not (isinstance(state, dict) and
+                                          isinstance(state.get("step"), int)):
+                raise WeightsError(f"{self.checkpoint} is not a training checkpoint of "
+                                   f"t2i_fast (no step)")
         if self.d.main:
             if self.resume:     # lines past the checkpoint are written again from here
                 self.log.cut(state["step"] if state else 0,
@@ -430,7 +439,8 @@ class Run:
                          "curves.png have the same numbers)")
         self.pretrain_encoders()
         if state is not None:
-            self.load_state(state, self.checkpoint)
+            with self._resume_hint():
+                self.load_state(state, self.checkpoint)
             self.say(f"resumed from {self.checkpoint} at step {self.step}")
         G = _wrap(self.G, self.d)
         dsteps = [_wrap(DiscriminatorStep(d, h, self.cfg), self.d)
@@ -446,7 +456,8 @@ class Run:
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             count += 1
-            if self.evaluation is not None and self.evaluation.due(self.step, t.steps):
+            evaluated = self.evaluation is not None and self.evaluation.due(self.step, t.steps)
+            if evaluated:
                 self.evaluate(progress)      # before the checkpoint of the same step
             shown = {k: parts[k] for k in ("g_loss", "d_loss0") if k in parts}
             progress.update(self.step, _floats(shown))
@@ -460,10 +471,11 @@ class Run:
                 sums, count = {}, 0
             if self.d.main and (self.step % t.sample_every == 0 or self.step == t.steps):
                 self.write_samples()
-            if self.step % t.ckpt_every == 0 or self.step == t.steps:
+            saved = self.step % t.ckpt_every == 0 or self.step == t.steps
+            if saved:
                 self.save()
-                if self.d.main:
-                    write_curves(self.dir)
+            if self.d.main and (evaluated or saved):
+                write_curves(self.dir)      # once per step, after the evaluation and checkpoint
             for hook in hooks or ():
                 hook(self, self.step)
         self.d.barrier()
