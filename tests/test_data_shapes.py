@@ -1,4 +1,5 @@
 """The built-in shapes dataset: determinism, captions that name the attributes, rendering."""
+import numpy as np
 import pytest
 import torch
 
@@ -21,6 +22,17 @@ def test_items_are_deterministic_by_seed_epoch_and_index():
         a.set_epoch(epoch)
         picks.add(tuple(a[3]["caption"].tolist()))
     assert len(picks) > 1          # the caption drawn changes with the epoch
+
+
+def test_kept_renders_equal_fresh_ones_and_are_not_shared():
+    ds = ShapesDataset("train", 32, size=5)
+    first = ds.load_image(2, None)
+    first.fill_(0.0)                       # the caller's tensor is its own
+    again = ds.load_image(2, None)
+    fresh = ShapesDataset("train", 32, size=5).render(2)
+    assert torch.equal(again, torch.from_numpy(np.asarray(fresh, dtype=np.float32))
+                       .permute(2, 0, 1).div(127.5).sub(1.0))
+    assert not torch.equal(again, first)
 
 
 def test_captions_name_the_attributes_and_decode():

@@ -42,6 +42,7 @@ _CENTRES = {"left": (0.28, 0.5), "right": (0.72, 0.5), "top": (0.5, 0.28),
 _RADIUS = {"small": 0.12, "large": 0.22}    # fraction of the image side
 _SPLITS = {"train": (10_000, 0), "test": (1_000, 1)}
 _SUPERSAMPLE = 4
+_CACHE_PIXELS = 10_000 * 64 * 64    # renders kept per dataset: a whole 64-pixel train split
 
 
 def vocabulary():
@@ -90,6 +91,8 @@ class ShapesDataset(CaptionDataset):
         self._attrs = [self._draw(i) for i in range(self.size)]
         self._captions = [[self.vocab.encode(t) for t in self.describe(i)]
                           for i in range(self.size)]
+        # Each image is rendered once (about 1.5 ms) and kept, when the split fits.
+        self._renders = {} if self.size * self.image_size ** 2 <= _CACHE_PIXELS else None
 
     def _draw(self, index):
         """Attributes and rendering parameters of image `index` (fixed by seed and split)."""
@@ -150,7 +153,12 @@ class ShapesDataset(CaptionDataset):
         return img.resize((self.image_size, self.image_size), Image.Resampling.LANCZOS)
 
     def load_image(self, index, rng):
-        return image_to_tensor(self.render(index))
+        image = self._renders.get(index) if self._renders is not None else None
+        if image is None:
+            image = self.render(index)
+            if self._renders is not None:
+                self._renders[index] = image
+        return image_to_tensor(image)
 
     def item(self, index, caption_index=None):
         out = super().item(index, caption_index)

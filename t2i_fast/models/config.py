@@ -203,18 +203,16 @@ PRESETS = {
                  clip_resolution=64, clip_embed_dim=32, clip_context=12, clip_text_width=32,
                  clip_text_heads=2, clip_text_layers=1, freeze_clip=False),
     # A CPU demo on the 64x64 shapes dataset (16 -> 32 -> 64): `python -m t2i_fast.train`.
-    # Narrow G and Ds so ~1,200 steps fit in minutes on 2 cores (its training values are in
+    # Narrow G and Ds so ~1,800 steps fit in minutes on 2 cores (its training values are in
     # t2i_fast.train.config.TRAIN_PRESETS).
-    # Matching terms at 1/4 of GR-GAN's weights on the intermediate image and the word level,
-    # read through a random shift of up to 4 pixels: at full weight, or pixel-aligned, G draws
-    # the textures the frozen ITM reads as the caption (benchmarks/NOTES.md, "Learning on the
-    # shapes dataset").
+    # GR-GAN's matching terms and weights, read through a random shift of up to 4 pixels:
+    # pixel-aligned, G draws textures that the frozen ITM reads as the caption
+    # (benchmarks/NOTES.md, "Learning on the shapes dataset").
     "small": dict(text_dim=64, words_num=12, vocab_size=256, gf_dim=16, z_dim=32,
                   condition_dim=32, r_num=1, base_size=16, df_dim=16, clip_layers=(1, 1, 1, 1),
                   clip_width=16, clip_resolution=64, clip_embed_dim=64, clip_context=16,
                   clip_text_width=64, clip_text_heads=4, clip_text_layers=2, freeze_clip=False,
-                  matching=(MatchTerm(1, "sentence", 0.25), MatchTerm(-1, "word", 0.25),
-                            MatchTerm(-1, "sentence", 1.0)), matching_jitter=0.0625),
+                  matching_jitter=0.0625),
 }
 
 
