@@ -191,9 +191,9 @@ _UPSTREAM = dict(itm_steps=0, log_every=100, sample_every=2000, ckpt_every=2000,
                  eval_every=2000, optimizer="adam", ema_decay=0.999, itm_clip=0.25)
 TRAIN_PRESETS = {
     # Phase 1 at batch 64: at 16 the ITM tells shapes apart no better than chance.
-    # Phase 2 starts without G's matching terms, then ramps them in; G and D learn twice as
-    # fast as upstream's 2e-4 (D's rate twice G's). (benchmarks/NOTES.md, "Learning on the
-    # shapes dataset")
+    # Phase 2 starts without G's matching terms, then ramps them in; G learns at twice
+    # upstream's 2e-4 and the Ds at twice G's rate (benchmarks/NOTES.md, "Learning on the
+    # shapes dataset").
     "small": dict(itm_batch_size=64, matching_delay=300, matching_warmup=300, lr_g=4e-4,
                   lr_d=8e-4),
     "tiny": dict(itm_steps=20, steps=20, log_every=5, sample_every=10, ckpt_every=10,
