@@ -195,6 +195,21 @@ def test_an_unknown_backend_in_the_environment_is_one_line(tmp_path, capsys, mon
     one_line_error(done.returncode, done.stderr, "T2I_FAST_BACKEND", "got 'bogus'")
 
 
+def test_unreadable_itm_weights_are_refused_before_the_run_directory(tmp_path, capsys):
+    """A missing or foreign --itm-weights file leaves no run behind that would block the
+    corrected command."""
+    out = tmp_path / "run"
+    missing = tmp_path / "missing.pt"
+    one_line_error(*call(train_main, [*TINY, "--itm-weights", str(missing), "--out", str(out)],
+                         capsys), str(missing), "does not exist")
+    assert not out.exists()
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"text_encoder": {"bogus": torch.zeros(1)}}, foreign)
+    one_line_error(*call(train_main, [*TINY, "--itm-weights", str(foreign), "--out", str(out)],
+                         capsys), str(foreign), "does not hold encoders")
+    assert not out.exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_without_a_gpu_is_refused_before_the_run_directory(tmp_path, capsys):
     one_line_error(*call(train_main, [*TINY, "--device", "cuda", "--out",

@@ -178,6 +178,12 @@ class Run:
             load_init_from(train_cfg, self.models, read=self.checkpoint is None)
         if train_cfg.clip_weights:
             self.models.text_encoder.load_clip(train_cfg.clip_weights)
+        # Given encoders are read here, like every weight file, before the run directory is
+        # written: a file that cannot be used leaves no run behind.
+        self.given_encoders = (train_cfg.itm_weights if train_cfg.itm_weights and
+                               not (self.dir / "encoders.pt").is_file() else None)
+        if self.given_encoders:
+            self.load_encoders(self.given_encoders)
         self.G, self.Ds = self.models.generator, self.models.discriminators
         self.ema = [p.detach().clone() for p in self.G.parameters()]
         optimizer = OPTIMIZERS[train_cfg.optimizer]
@@ -242,9 +248,8 @@ class Run:
             self.load_encoders(path)
             self.say(f"encoders loaded from {path}")
         else:
-            if t.itm_weights:
-                self.load_encoders(t.itm_weights)
-                self.say(f"encoders loaded from {t.itm_weights}")
+            if self.given_encoders:
+                self.say(f"encoders loaded from {self.given_encoders}")
             elif t.itm_steps > 0:
                 self._train_encoders(t.itm_steps)
             if self.d.main:
