@@ -102,7 +102,7 @@ def test_help_gives_every_flag_its_type_or_choices_and_default():
     for name in TrainConfig.__dataclass_fields__:
         if name not in ("preset", "model"):
             assert "--" + name.replace("_", "-") in text, name
-    assert "(default 1800; presets: tiny 20" in " ".join(text.split())
+    assert "(default 2100; presets: tiny 20" in " ".join(text.split())
 
 
 # --------------------------------------------------------------------------------------------

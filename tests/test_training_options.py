@@ -151,3 +151,30 @@ def test_jitter_draws_a_shift_per_sample():
     y = jittered(x, 0.1)
     shifts = (y - x)[:, 0, 8, 8]
     assert shifts.abs().max() <= 0.1 * 16 / 15 + 1e-6 and len(set(shifts.tolist())) == 3
+
+
+def test_projection_head_is_the_logit_conv_plus_an_inner_product():
+    torch.manual_seed(0)
+    net = D_NET64(4, 8, cond_head="projection").double().eval()
+    head = net.COND_DNET
+    assert not hasattr(head, "jointConv") and net.UNCOND_DNET.projection is False
+    h = torch.randn(3, 32, 4, 4, dtype=torch.float64)
+    cond = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    conv = head.outlogits[0]
+    with torch.no_grad():
+        expected = [float((conv.weight[0] * h[i]).sum() + conv.bias[0]
+                          + h[i].sum(dim=(1, 2)) @ (head.embed.weight @ cond[i]))
+                    for i in range(3)]
+    logits = head.logits(h, cond)
+    torch.testing.assert_close(logits, torch.tensor(expected, dtype=torch.float64),
+                               rtol=1e-12, atol=1e-12)
+    logits.sum().backward()                 # the condition's gradient: W^T (sum of features)
+    torch.testing.assert_close(cond.grad, h.sum(dim=(2, 3)) @ head.embed.weight)
+    models = get_config("small", d_cond_head="projection")
+    from t2i_fast.models import build_discriminators
+    keys = [set(d.COND_DNET.state_dict()) for d in build_discriminators(models)]
+    assert keys[2] == {"embed.weight", "outlogits.0.weight", "outlogits.0.bias"}
+    with pytest.raises(ConfigError, match="d_cond_head"):
+        get_config("small", d_cond_head="bilinear")
+    with pytest.raises(ValueError, match="cond_head"):
+        D_NET64(4, 8, cond_head="bilinear")

@@ -70,7 +70,7 @@ def build_discriminator(cfg, index):
     """The discriminator of image `index` (sizes cfg.image_sizes, heads cfg.d_heads)."""
     net = D_NET(cfg.image_sizes[index], cfg.df_dim, cfg.text_dim,
                 b_jcu=cfg.d_heads[index] in ("uncond", "both"), norm=cfg.d_norm,
-                memory=cfg.memory)
+                memory=cfg.memory, cond_head=cfg.d_cond_head)
     return weights_init(net) if cfg.d_weights_init else net
 
 

@@ -103,18 +103,31 @@ def encode_image_by_16times(ndf, norm="spectral"):
     return nn.Sequential(*layers)
 
 
+COND_HEADS = ("concat", "projection")
+
+
 class D_GET_LOGITS(nn.Module):  # noqa: N801 (upstream name)
     """Head: features (B, 8*ndf, s, s) [+ condition (B, nef) tiled, if bcondition] -> (B,).
 
-    ndf: DF_DIM; nef: condition width; bcondition: conditional head; spatial: s (4 upstream).
+    ndf: DF_DIM; nef: condition width; bcondition: conditional head; spatial: s (4 upstream);
+    cond_head: how a conditional head joins the condition: 'concat' (upstream: tiled, a 3x3
+    jointConv, then the logit conv) or 'projection' (Miyato & Koyama 2018: the logit conv
+    plus the inner product of the summed features and a linear embedding of the condition).
     `forward` returns probabilities (upstream: sigmoid); `logits` the pre-sigmoid scores that
     the losses use (BCE with logits equals upstream's sigmoid + BCELoss up to saturation).
     """
 
-    def __init__(self, ndf, nef, bcondition=False, norm="spectral", spatial=4):
+    def __init__(self, ndf, nef, bcondition=False, norm="spectral", spatial=4,
+                 cond_head="concat"):
         super().__init__()
+        if cond_head not in COND_HEADS:
+            raise ValueError(f"D_GET_LOGITS: cond_head must be one of {COND_HEADS}, got "
+                             f"{cond_head!r}")
         self.df_dim, self.ef_dim, self.bcondition, self.spatial = ndf, nef, bcondition, spatial
-        if bcondition:
+        self.projection = bcondition and cond_head == "projection"
+        if self.projection:
+            self.embed = nn.Linear(nef, 8 * ndf, bias=False)
+        elif bcondition:
             self.jointConv = nn.Sequential(*_conv_norm_lrelu(norm, 8 * ndf + nef, 8 * ndf,
                                                              3, 1, 1))
         self.outlogits = nn.Sequential(nn.Conv2d(8 * ndf, 1, spatial, stride=spatial),
@@ -127,6 +140,9 @@ class D_GET_LOGITS(nn.Module):  # noqa: N801 (upstream name)
             if c_code is None:
                 raise ValueError("D_GET_LOGITS: the conditional head needs c_code (B, nef)")
             expect(c_code, (batch, self.ef_dim), "D_GET_LOGITS c_code")
+            if self.projection:
+                inner = (h_code.sum(dim=(2, 3)) * self.embed(c_code)).sum(dim=1)
+                return self.outlogits[0](h_code).view(-1) + inner
             c_code = c_code[:, :, None, None].expand(-1, -1, self.spatial, self.spatial)
             h_code = self.jointConv(torch.cat([h_code, c_code], dim=1))   # h first, as upstream
         return self.outlogits[0](h_code).view(-1)
@@ -143,7 +159,8 @@ class D_NET(nn.Module):  # noqa: N801
     memory: 'eager' | 'lean' | 'max', what the trunk keeps for backward.
     """
 
-    def __init__(self, img_size, ndf=32, nef=256, b_jcu=True, norm="spectral", memory="eager"):
+    def __init__(self, img_size, ndf=32, nef=256, b_jcu=True, norm="spectral", memory="eager",
+                 cond_head="concat"):
         super().__init__()
         check_options(memory)
         self.memory = memory
@@ -167,7 +184,7 @@ class D_NET(nn.Module):  # noqa: N801
             self.UNCOND_DNET = D_GET_LOGITS(ndf, nef, False, norm, spatial)
         else:
             self.UNCOND_DNET = None
-        self.COND_DNET = D_GET_LOGITS(ndf, nef, True, norm, spatial)
+        self.COND_DNET = D_GET_LOGITS(ndf, nef, True, norm, spatial, cond_head)
 
     def trunk(self):
         """The trunk's Sequentials in order: img_code_s16, the down blocks, the reductions."""
@@ -201,13 +218,16 @@ class D_NET(nn.Module):  # noqa: N801
         return run_block(memory or self.memory, self.chain_units, x_var, self.eager_chain)
 
 
-def D_NET64(ndf=32, nef=256, b_jcu=True, norm="spectral", memory="eager"):  # noqa: N802
-    return D_NET(64, ndf, nef, b_jcu, norm, memory)
+def D_NET64(ndf=32, nef=256, b_jcu=True, norm="spectral", memory="eager",  # noqa: N802
+            cond_head="concat"):
+    return D_NET(64, ndf, nef, b_jcu, norm, memory, cond_head)
 
 
-def D_NET128(ndf=32, nef=256, b_jcu=True, norm="spectral", memory="eager"):  # noqa: N802
-    return D_NET(128, ndf, nef, b_jcu, norm, memory)
+def D_NET128(ndf=32, nef=256, b_jcu=True, norm="spectral", memory="eager",  # noqa: N802
+            cond_head="concat"):
+    return D_NET(128, ndf, nef, b_jcu, norm, memory, cond_head)
 
 
-def D_NET256(ndf=32, nef=256, b_jcu=True, norm="spectral", memory="eager"):  # noqa: N802
-    return D_NET(256, ndf, nef, b_jcu, norm, memory)
+def D_NET256(ndf=32, nef=256, b_jcu=True, norm="spectral", memory="eager",  # noqa: N802
+            cond_head="concat"):
+    return D_NET(256, ndf, nef, b_jcu, norm, memory, cond_head)

@@ -46,7 +46,7 @@ class TrainConfig:
     num_workers: int = _f(0, "DataLoader worker processes")
     # ---- schedule
     itm_steps: int = _f(300, "phase 1: matching-encoder pretraining steps (0: skip)")
-    steps: int = _f(1800, "phase 2: GAN steps (one D and one G update each)")
+    steps: int = _f(2100, "phase 2: GAN steps (one D and one G update each)")
     matching_delay: int = _f(0, "phase 2: first steps without G's matching terms")
     matching_warmup: int = _f(0, "phase 2: steps after the delay over which G's matching terms "
                               "rise linearly to full weight")
