@@ -156,7 +156,8 @@ class D_NET(nn.Module):  # noqa: N801
 
     img_size: S (a power of two >= 16); ndf: DF_DIM; nef: condition width; b_jcu: build
     UNCOND_DNET (COND_DNET is always built, as upstream); norm: 'spectral' or 'batch';
-    memory: 'eager' | 'lean' | 'max', what the trunk keeps for backward.
+    memory: 'eager' | 'lean' | 'max', what the trunk keeps for backward; cond_head: 'concat'
+    (upstream) or 'projection', the kind of COND_DNET (D_GET_LOGITS).
     """
 
     def __init__(self, img_size, ndf=32, nef=256, b_jcu=True, norm="spectral", memory="eager",
