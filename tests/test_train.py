@@ -71,6 +71,25 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     assert _gan_steps(broken) == _gan_steps(straight) == [2, 4, 6]      # no step logged twice
 
 
+def test_projection_heads_resume_to_the_same_weights(tmp_path):
+    projection = {"d_cond_head": "projection"}
+    cfg, straight = tiny(tmp_path, "straight", model=projection)
+    Run(cfg, straight, quiet=True).train()
+    cfg_b, broken = tiny(tmp_path, "broken", model=projection)
+
+    def crash(run, step):
+        if step == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        Run(cfg_b, broken, quiet=True).train(hooks=[crash])
+    assert train_main(["--resume", str(broken)]) == 0
+    final = load_checkpoint(checkpoint_path(straight, 6))
+    assert_states_equal(final, load_checkpoint(checkpoint_path(broken, 6)))
+    assert [("COND_DNET.embed.weight" in d, "COND_DNET.jointConv.0.module.weight_bar" in d)
+            for d in final["discriminators"]] == [(True, False)] * 3    # COND_DNET always built
+
+
 def _gan_steps(run_dir):
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [json.loads(x)["step"] for x in lines if '"gan"' in x]
