@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from t2i_fast.errors import ConfigError
-from t2i_fast.models import (D_NET64, adversarial_term, discriminator_loss,
+from t2i_fast.models import (D_NET64, adversarial_term, build_discriminators, discriminator_loss,
                              generator_adversarial, get_config, matching_aware_penalty,
                              matching_ramp)
 from t2i_fast.models.losses import jittered
@@ -170,9 +170,8 @@ def test_projection_head_is_the_logit_conv_plus_an_inner_product():
                                rtol=1e-12, atol=1e-12)
     logits.sum().backward()                 # the condition's gradient: W^T (sum of features)
     torch.testing.assert_close(cond.grad, h.sum(dim=(2, 3)) @ head.embed.weight)
-    models = get_config("small", d_cond_head="projection")
-    from t2i_fast.models import build_discriminators
-    keys = [set(d.COND_DNET.state_dict()) for d in build_discriminators(models)]
+    keys = [set(d.COND_DNET.state_dict())
+            for d in build_discriminators(get_config("small", d_cond_head="projection"))]
     assert keys[2] == {"embed.weight", "outlogits.0.weight", "outlogits.0.bias"}
     with pytest.raises(ConfigError, match="d_cond_head"):
         get_config("small", d_cond_head="bilinear")

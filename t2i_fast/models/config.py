@@ -154,7 +154,8 @@ class Config:
             if term.kind not in ("sentence", "word") or not -n_images <= term.image < n_images:
                 bad(f"bad matching term {term}")
         choices = {"text_encoder": ("clip", "rnn"), "attention": ("memory", "attention"),
-                   "d_norm": ("spectral", "batch"), "d_cond_head": COND_HEADS, "image_encoder": ("itm", "damsm"),
+                   "d_norm": ("spectral", "batch"), "d_cond_head": COND_HEADS,
+                   "image_encoder": ("itm", "damsm"),
                    "rnn_type": ("LSTM", "GRU"), "adv_loss": ADVERSARIAL_LOSSES}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
